@@ -1,0 +1,96 @@
+"""CutMix (Yun et al., ICCV 2019): paste a box of the partner into each sample."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.registry import register
+from openmix.sampling import box_mask, random_boxes
+
+__all__ = ["CutMix"]
+
+
+@register("cutmix")
+class CutMix(Mixer):
+    """Replace a box of each sample with the same box of its partner.
+
+    Box sides are ``(1 - lam) ** (1/d)`` of the ``d`` image sides (square in 2-D), the
+    centre is uniform and the box is clipped at the border. With ``correct_lam`` (the
+    default) ``lam`` becomes the area actually kept, so targets match the pixels.
+    Works on 1-D, 2-D and 3-D inputs.
+
+    Args:
+        minmax: timm's ``cutmix_minmax``: each box side uniform in
+            ``[min, max)`` of the image side, placed fully inside, ``lam`` from the
+            area (``alpha`` is then unused).
+        correct_lam: set ``lam`` to the kept area after clipping (``minmax`` always does).
+        **kwargs: the common :class:`~openmix.mixer.Mixer` arguments.
+
+    Example:
+        >>> import torch, openmix
+        >>> mixer = openmix.build("cutmix", alpha=1.0, num_classes=10, mode="elem", seed=0)
+        >>> out = mixer(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+        >>> torch.allclose(out.lam, out.mask.mean((1, 2, 3)))
+        True
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: int | None = None,
+        *,
+        minmax: Sequence[float] | None = None,
+        correct_lam: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha, num_classes, **kwargs)
+        if minmax is not None:
+            minmax = tuple(float(v) for v in minmax)
+            if len(minmax) != 2 or not 0.0 <= minmax[0] < minmax[1] <= 1.0:
+                raise ValueError(f"minmax must be (min, max) with 0 <= min < max <= 1, got {minmax}")
+        self.minmax = minmax
+        self.correct_lam = correct_lam
+
+    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+        params = super().sample_params(x, generator)
+        spatial = x.shape[2:]
+        shared = self.mode == "batch"
+        if self.minmax is None:
+            params["lo"], params["hi"] = random_boxes(params["lam"], spatial, shared=shared, generator=generator)
+        else:
+            params["lo"], params["hi"] = self._minmax_boxes(params["lam"], spatial, shared, generator)
+        return params
+
+    def _minmax_boxes(
+        self, lam: Tensor, spatial: Sequence[int], shared: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
+        low, high = (sizes * self.minmax[0]).floor(), (sizes * self.minmax[1]).floor()
+        n = 1 if shared else lam.shape[0]
+        draws = torch.rand((2, n, len(spatial)), device=lam.device, generator=generator)
+        cut = (low + draws[0] * (high - low)).floor_()
+        lo = (draws[1] * (sizes - cut + 1)).floor_()
+        cut = torch.where(lam[:, None] < 1.0, cut, 0.0)  # samples skipped by prob get no box
+        return lo.long().expand(lam.shape[0], -1), (lo + cut).long()
+
+    def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        spatial = x.shape[2:]
+        mask = box_mask(params["lo"], params["hi"], spatial)  # weight of the original
+        if self.correct_lam or self.minmax is not None:
+            box = (params["hi"] - params["lo"]).clamp_(min=0).prod(1).float()
+            lam = 1.0 - box / float(torch.Size(spatial).numel())
+        else:
+            lam = params["lam"]
+        return blend(x, gather_partner(x, params["index"]), mask), lam, mask
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        if self.minmax is not None:
+            fields["minmax"] = self.minmax
+        if not self.correct_lam:
+            fields["correct_lam"] = False
+        return fields

@@ -1,0 +1,54 @@
+"""The one result type every mixer returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MixOutput"]
+
+
+@dataclass
+class MixOutput:
+    """Result of one mixer call.
+
+    openmix uses **one** meaning of ``lam`` everywhere: ``lam[i]`` is the weight of the
+    *original* sample ``x[i]`` in ``x_mixed[i]``; its partner ``x[index[i]]`` gets
+    ``1 - lam[i]``. For cut-based mixers it is the fraction of the original actually
+    kept (the mean of ``mask[i]``). This is timm's convention; kornia's ``lam`` weights
+    the partner instead.
+
+    Attributes:
+        x: mixed inputs, same shape, dtype, device and memory format as the input,
+            ``(B, C, *spatial)``.
+        y: soft targets, ``(B, num_classes)``; every row sums to 1.
+        lam: weight of the original sample, float32 ``(B,)``.
+        index: partner of each sample, int64 ``(B,)``.
+        mask: per-position weight of the original, ``(B, 1, *spatial)``, for mixers that
+            have one (cut and mask mixers), else ``None``.
+
+    Example:
+        >>> out = MixOutput.identity(torch.zeros(2, 3, 4, 4), torch.eye(2))
+        >>> out.lam
+        tensor([1., 1.])
+    """
+
+    x: Tensor
+    y: Tensor
+    lam: Tensor
+    index: Tensor
+    mask: Tensor | None = None
+
+    @classmethod
+    def identity(cls, x: Tensor, y: Tensor) -> "MixOutput":
+        """The unmixed batch: ``lam = 1`` and every sample is its own partner."""
+        batch = x.shape[0]
+        return cls(
+            x=x,
+            y=y,
+            lam=torch.ones(batch, device=x.device),
+            index=torch.arange(batch, device=x.device),
+        )
+

@@ -1,0 +1,141 @@
+"""Random draws for mixers: lambda, partners, boxes. All on the input's device, batched.
+
+Every function takes an optional ``torch.Generator`` that lives on ``device``; none of
+them moves data between host and device or loops over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["beta", "uniform", "partner_index", "host_coin", "random_boxes", "box_mask", "PAIRINGS"]
+
+Pairing = Literal["random", "flip", "roll"]
+PAIRINGS: tuple[str, ...] = ("random", "flip", "roll")
+
+
+def beta(alpha: float, n: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws of ``Beta(alpha, alpha)`` as float32 ``(n,)``; ``alpha == 0`` gives ones (no mixing).
+
+    Example:
+        >>> lam = beta(1.0, 5, generator=torch.Generator().manual_seed(0))
+        >>> lam.shape, bool(((lam >= 0) & (lam <= 1)).all())
+        (torch.Size([5]), True)
+    """
+    if alpha == 0:
+        return torch.ones(n, device=device)
+    gammas = torch._standard_gamma(torch.full((2, n), float(alpha), device=device), generator=generator)
+    # Both gammas can underflow to 0 for tiny alpha; the limit there is a fair pick of 0 or 1.
+    return (gammas[0] / gammas.sum(0)).nan_to_num_(1.0)
+
+
+def uniform(
+    shape: Sequence[int] | int,
+    low: float = 0.0,
+    high: float = 1.0,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Float32 draws from ``U[low, high)``.
+
+    Example:
+        >>> bool((uniform(4, 2.0, 3.0) >= 2.0).all())
+        True
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return torch.rand(shape, device=device, generator=generator).mul_(high - low).add_(low)
+
+
+def partner_index(
+    batch: int, pairing: str = "random", *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
+    """Partner of each sample, int64 ``(batch,)``.
+
+    ``random``: a random permutation; ``flip``: ``i -> B-1-i`` (timm's pairing);
+    ``roll``: ``i -> i-1`` (torchvision's ``roll(1, 0)``).
+
+    Example:
+        >>> partner_index(4, "flip"), partner_index(4, "roll")
+        (tensor([3, 2, 1, 0]), tensor([3, 0, 1, 2]))
+    """
+    if pairing == "random":
+        return torch.randperm(batch, device=device, generator=generator)
+    if pairing == "flip":
+        return torch.arange(batch - 1, -1, -1, device=device)
+    if pairing == "roll":
+        return torch.arange(-1, batch - 1, device=device).remainder_(batch)
+    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def host_coin(prob: float, generator: torch.Generator | None = None) -> bool:
+    """A host-side Bernoulli(prob) draw for per-batch decisions; never touches the accelerator.
+
+    ``generator`` must be a CPU generator (or ``None`` for the global CPU RNG).
+    """
+    if prob >= 1.0:
+        return True
+    if prob <= 0.0:
+        return False
+    return bool(torch.rand((), generator=generator) < prob)
+
+
+def random_boxes(
+    lam: Tensor,
+    spatial: Sequence[int],
+    *,
+    shared: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CutMix boxes: each side is ``(1 - lam) ** (1 / d)`` of the image side, centre uniform, clipped.
+
+    Args:
+        lam: float ``(B,)`` target weight of the original.
+        spatial: the ``d`` spatial sizes, e.g. ``(H, W)``.
+        shared: one centre for the whole batch (batch mode) instead of one per sample.
+
+    Returns:
+        ``(lo, hi)``: int64 ``(B, d)`` box bounds (``lo`` inclusive, ``hi`` exclusive).
+
+    Example:
+        >>> lo, hi = random_boxes(torch.tensor([0.75]), (8, 8))
+        >>> (hi - lo).tolist()[0] in ([4, 4], [4, 3], [3, 4], [3, 3], [2, 4], [4, 2], [2, 3], [3, 2], [2, 2])
+        True
+    """
+    d = len(spatial)
+    sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
+    cut = ((1.0 - lam.float()).clamp_(0, 1).pow(1.0 / d)[:, None] * sizes).floor_()
+    centre = torch.rand((1 if shared else lam.shape[0], d), device=lam.device, generator=generator)
+    centre = centre.mul_(sizes).floor_()
+    lo = torch.minimum(torch.maximum(centre - torch.div(cut, 2, rounding_mode="floor"), sizes.new_zeros(())), sizes)
+    hi = torch.minimum(centre + torch.div(cut + 1, 2, rounding_mode="floor"), sizes)
+    return lo.long(), hi.long()
+
+
+def box_mask(lo: Tensor, hi: Tensor, spatial: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Weight of the original around the boxes ``[lo, hi)``: ``(B, 1, *spatial)``, 0 inside, 1 outside.
+
+    Example:
+        >>> box_mask(torch.tensor([[1, 0]]), torch.tensor([[3, 1]]), (4, 2))[0, 0]
+        tensor([[1., 1.],
+                [0., 1.],
+                [0., 1.],
+                [1., 1.]])
+    """
+    batch, d = lo.shape
+    inside = []
+    for axis, size in enumerate(spatial):  # loop over the (at most 3) spatial axes, not the batch
+        coords = torch.arange(size, device=lo.device)
+        hit = ((coords >= lo[:, axis : axis + 1]) & (coords < hi[:, axis : axis + 1])).to(dtype)
+        view = [batch, 1] + [1] * d
+        view[2 + axis] = size
+        inside.append(hit.view(view))
+    box = inside[0]
+    for hit in inside[1:-1]:
+        box = box * hit
+    if d == 1:
+        return 1.0 - box
+    return torch.addcmul(torch.ones((), dtype=dtype, device=lo.device), box, inside[-1], value=-1.0)

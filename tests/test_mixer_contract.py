@@ -1,0 +1,255 @@
+"""The behaviour every registered input mixer shares, checked in one shape for all.
+
+A mixer added to the registry is picked up here automatically.
+"""
+
+import pytest
+import torch
+
+import openmix
+from helpers import INPUT_MIXERS, MODES, images
+
+NUM_CLASSES = 5
+# Mixers whose pasted content is not the partner pixel-for-pixel (it is resized first).
+TRANSFORMS_PARTNER = {"resizemix"}
+
+
+def build(name: str, **kwargs) -> openmix.Mixer:
+    kwargs.setdefault("num_classes", NUM_CLASSES)
+    return openmix.build(name, **kwargs)
+
+
+def labels(batch: int) -> torch.Tensor:
+    return torch.arange(batch) % NUM_CLASSES
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_output_shapes_and_targets(name, mode):
+    x = images(7)
+    out = build(name, mode=mode, seed=1)(x, labels(7))
+    assert out.x.shape == x.shape
+    assert out.y.shape == (7, NUM_CLASSES)
+    torch.testing.assert_close(out.y.sum(1), torch.ones(7))
+    assert out.lam.shape == (7,) and out.lam.dtype == torch.float32
+    assert bool(((out.lam >= 0) & (out.lam <= 1)).all())
+    assert sorted(out.index.tolist()) == list(range(7))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_targets_follow_lam(name, mode):
+    x, y = images(6), labels(6)
+    out = build(name, mode=mode, seed=2)(x, y)
+    onehot = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
+    expected = out.lam[:, None] * onehot + (1 - out.lam[:, None]) * onehot[out.index]
+    torch.testing.assert_close(out.y, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_lam_is_mask_area(name, mode):
+    out = build(name, mode=mode, seed=3)(images(8), labels(8))
+    if out.mask is None:
+        pytest.skip("mixer has no mask")
+    torch.testing.assert_close(out.lam, out.mask.float().flatten(1).mean(1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_output_is_blend_of_sample_and_partner(name, mode):
+    x = images(6)
+    out = build(name, mode=mode, seed=4)(x, labels(6))
+    weight = out.mask if out.mask is not None else out.lam.view(-1, 1, 1, 1)
+    if name in TRANSFORMS_PARTNER:  # only the kept part can be checked
+        kept = (weight == 1).expand_as(x)
+        torch.testing.assert_close(out.x[kept], x[kept])
+    else:
+        torch.testing.assert_close(out.x, weight * x + (1 - weight) * x[out.index])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_prob_zero_is_identity(name, mode):
+    x, y = images(6), labels(6)
+    out = build(name, mode=mode, prob=0.0)(x, y)
+    torch.testing.assert_close(out.x, x)
+    torch.testing.assert_close(out.y, torch.nn.functional.one_hot(y, NUM_CLASSES).float())
+    torch.testing.assert_close(out.lam, torch.ones(6))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_elem_prob_mixes_some_samples_only(name):
+    x = images(64)
+    out = build(name, mode="elem", prob=0.5, seed=5)(x, labels(64))
+    untouched = (out.x == x).flatten(1).all(1) & (out.index != torch.arange(64))  # not paired with itself
+    assert 5 < int(untouched.sum()) < 59
+    assert bool((out.lam[untouched] == 1).all())
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_alpha_zero_is_identity(name):
+    if "alpha" not in build(name)._repr_fields():
+        pytest.skip("mixer has no alpha")
+    x = images(6)
+    out = build(name, alpha=0.0)(x, labels(6))
+    torch.testing.assert_close(out.x, x)
+    torch.testing.assert_close(out.lam, torch.ones(6))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_same_seed_same_output(name, mode):
+    x, y = images(6), labels(6)
+    first = build(name, mode=mode, seed=7)(x, y)
+    again = build(name, mode=mode, seed=7)(x, y)
+    other = build(name, mode=mode, seed=8)
+    torch.testing.assert_close(first.x, again.x)
+    torch.testing.assert_close(first.lam, again.lam)
+    assert any(not torch.equal(first.x, other(x, y).x) for _ in range(3))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_generator_argument_overrides_seed(name):
+    x, y = images(6), labels(6)
+    mixer = build(name, mode="elem", seed=123)
+    a = mixer(x, y, generator=torch.Generator().manual_seed(9))
+    b = mixer(x, y, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a.x, b.x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_keeps_dtype(name, dtype):
+    out = build(name, mode="elem", seed=0)(images(4, dtype=dtype), labels(4))
+    assert out.x.dtype == dtype
+    assert bool(torch.isfinite(out.x).all())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_keeps_channels_last(name, mode):
+    x = images(4).to(memory_format=torch.channels_last)
+    out = build(name, mode=mode, seed=0)(x, labels(4))
+    assert out.x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_one_and_three_channels(name, channels):
+    out = build(name, mode="elem", seed=0)(images(4, channels=channels), labels(4))
+    assert out.x.shape == (4, channels, 16, 16)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_batch_of_one_and_odd_batches(name, mode, batch):
+    out = build(name, mode=mode, seed=0)(images(batch), labels(batch))
+    assert out.x.shape[0] == batch
+    torch.testing.assert_close(out.y.sum(1), torch.ones(batch))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_flat_images_give_no_nan(name):
+    out = build(name, mode="elem", seed=0)(torch.full((4, 3, 8, 8), 0.5), labels(4))
+    assert bool(torch.isfinite(out.x).all()) and bool(torch.isfinite(out.lam).all())
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_soft_labels_chain(name):
+    x = images(6)
+    first = build("mixup", seed=0)(x, labels(6))
+    out = build(name, mode="elem", seed=1)(first.x, first.y)
+    torch.testing.assert_close(out.y.sum(1), torch.ones(6))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_label_smoothing(name):
+    out = build(name, label_smoothing=0.1, prob=0.0)(images(4), labels(4))
+    assert float(out.y.min()) == pytest.approx(0.1 / NUM_CLASSES)
+    torch.testing.assert_close(out.y.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_gradient_reaches_input(name):
+    x = images(4).requires_grad_()
+    build(name, mode="elem", seed=0)(x, labels(4)).x.square().sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("pairing", ["flip", "roll"])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_fixed_pairings(name, pairing):
+    out = build(name, pairing=pairing, seed=0)(images(5), labels(5))
+    expected = {"flip": [4, 3, 2, 1, 0], "roll": [4, 0, 1, 2, 3]}[pairing]
+    assert out.index.tolist() == expected
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_repr_names_the_class_and_arguments(name):
+    text = repr(build(name, seed=3))
+    assert text.startswith(type(build(name)).__name__ + "(") and "seed=3" in text
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+class TestBadInput:
+    def test_integer_images(self, name):
+        with pytest.raises(TypeError, match="floating point"):
+            build(name)(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), labels(2))
+
+    def test_wrong_ndim(self, name):
+        with pytest.raises(ValueError, match="shape"):
+            build(name)(torch.zeros(2), labels(2))
+
+    def test_batch_mismatch(self, name):
+        with pytest.raises(ValueError, match="batch size 4"):
+            build(name)(images(4), labels(3))
+
+    def test_labels_out_of_range(self, name):
+        with pytest.raises(ValueError, match=r"\[0, 5\)"):
+            build(name)(images(2), torch.tensor([0, 5]))
+
+    def test_negative_labels(self, name):
+        with pytest.raises(ValueError, match=r"\[0, 5\)"):
+            build(name)(images(2), torch.tensor([-1, 0]))
+
+    def test_int_labels_need_num_classes(self, name):
+        with pytest.raises(ValueError, match="num_classes"):
+            openmix.build(name)(images(2), labels(2))
+
+    def test_soft_labels_wrong_width(self, name):
+        with pytest.raises(ValueError, match="num_classes=5"):
+            build(name)(images(2), torch.full((2, 4), 0.25))
+
+    def test_float_class_ids(self, name):
+        with pytest.raises(TypeError, match="integer"):
+            build(name)(images(2), torch.tensor([0.0, 1.0]))
+
+    def test_empty_batch(self, name):
+        with pytest.raises(ValueError, match="empty batch"):
+            build(name)(images(0), labels(0))
+
+    def test_negative_alpha(self, name):
+        if "alpha" not in build(name)._repr_fields():
+            pytest.skip("mixer has no alpha")
+        with pytest.raises(ValueError, match="alpha"):
+            build(name, alpha=-0.1)
+
+    @pytest.mark.parametrize("prob", [-0.1, 1.5, float("nan")])
+    def test_prob_outside_unit_interval(self, name, prob):
+        with pytest.raises(ValueError, match="prob"):
+            build(name, prob=prob)
+
+    def test_unknown_mode(self, name):
+        with pytest.raises(ValueError, match="mode"):
+            build(name, mode="pair")
+
+    def test_unknown_pairing(self, name):
+        with pytest.raises(ValueError, match="pairing"):
+            build(name, pairing="shuffle")
+
+    def test_inputs_not_a_tensor(self, name):
+        with pytest.raises(TypeError, match="torch.Tensor"):
+            build(name)([[1.0]], labels(1))
