@@ -142,7 +142,24 @@ class Mixer(nn.Module):
         if x.shape[0] == 0:
             raise ValueError("cannot mix an empty batch (batch size 0)")
 
+    # ------------------------------------------------------------- checkpointing
+    def get_extra_state(self) -> dict[str, Any]:
+        """Generator states, so a resumed run draws what an uninterrupted one would."""
+        return {"generators": {repr(k): g.get_state() for k, g in self._generators.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._generators = {}
+        self._pending_states = dict(state.get("generators", {}))
+
     # ------------------------------------------------------------------ internals
+    def _new_generator(self, key: Any, device: torch.device, seed: int) -> torch.Generator:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        pending = getattr(self, "_pending_states", {})
+        if repr(key) in pending:
+            generator.set_state(pending.pop(repr(key)))
+        self._generators[key] = generator
+        return generator
+
     def _rank_seed(self) -> int:
         rank = dist.get_rank() if (not self.same_on_all_ranks and dist.is_available() and dist.is_initialized()) else 0
         return int(self.seed) + 1_000_003 * rank
@@ -151,18 +168,18 @@ class Mixer(nn.Module):
         if self.seed is None:
             return None
         key = (device.type, device.index)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self._rank_seed())
-        return self._generators[key]
+        if key in self._generators:
+            return self._generators[key]
+        return self._new_generator(key, device, self._rank_seed())
 
     def _host_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is not None and generator.device.type == "cpu":
             return generator
         if self.seed is None:
             return None
-        if "host" not in self._generators:
-            self._generators["host"] = torch.Generator().manual_seed(self._rank_seed() ^ 0x5EED)
-        return self._generators["host"]
+        if "host" in self._generators:
+            return self._generators["host"]
+        return self._new_generator("host", torch.device("cpu"), self._rank_seed() ^ 0x5EED)
 
     def _repr_fields(self) -> dict[str, Any]:
         """Constructor arguments shown by ``repr``; subclasses add their own."""
