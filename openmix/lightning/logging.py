@@ -1,0 +1,89 @@
+"""Small callbacks that record what a run did: per-epoch metrics and training throughput."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+__all__ = ["EpochMetricsCSV", "TrainThroughput"]
+
+
+class EpochMetricsCSV(L.Callback):
+    """Append one line per validated epoch to ``path``: epoch, val/top1, val/top5, val/loss, train/loss, lr.
+
+    Rank 0 writes; a resumed run appends to the file it left.
+    """
+
+    FIELDS = ("epoch", "val_top1", "val_top5", "val_loss", "train_loss", "lr")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        metrics = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch,
+            "val_top1": _number(metrics.get("val/top1")),
+            "val_top5": _number(metrics.get("val/top5")),
+            "val_loss": _number(metrics.get("val/loss")),
+            "train_loss": _number(metrics.get("train/loss_epoch")),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else "",
+        }
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class TrainThroughput(L.Callback):
+    """Training images per second over all devices, from each epoch's first training batch to its
+    last (data loading included, validation excluded; one device sync per epoch on CUDA)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._start is None:
+            _synchronize(pl_module)
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.images += len(batch[0]) * trainer.world_size
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close(pl_module)
+
+    def _close(self, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            _synchronize(pl_module)
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def _synchronize(pl_module: L.LightningModule) -> None:
+    if pl_module.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(pl_module.device)
+
+
+def _number(value: Any) -> float | str:
+    return float(value) if value is not None else ""

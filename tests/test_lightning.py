@@ -1,0 +1,159 @@
+"""MixupClassifier, MixupCallback and the shared training step, on tiny in-memory data."""
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import openmix
+from openmix.lightning import MixupCallback, MixupClassifier
+from openmix.training import build_mixer, mix_step, mixed_accuracy
+
+NUM_CLASSES = 4
+
+
+def tiny_model(in_chans: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, NUM_CLASSES))
+
+
+def loaders(n: int = 32, batch: int = 8) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % NUM_CLASSES
+    x = torch.rand(n, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5  # learnable signal
+    data = TensorDataset(x, y)
+    return DataLoader(data, batch_size=batch, shuffle=True), DataLoader(data, batch_size=batch)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("mixer", ["vanilla", *sorted(openmix.available("input"))])
+def test_classifier_trains_with_every_input_mixer(mixer):
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer=mixer, mix_seed=0)
+    train, val = loaders()
+    t = trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2)
+    t.fit(module, train, val)
+    metrics = t.callback_metrics
+    for key in ("train/loss_epoch", "train/top1", "val/loss", "val/top1", "val/top5", "val/top1_median10"):
+        assert key in metrics, key
+    assert 0.0 <= float(metrics["val/top1"]) <= 100.0
+
+
+def test_mixing_only_in_training():
+    seen = {}
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_model()
+
+        def forward(self, x):
+            seen.setdefault("train" if self.training else "val", []).append(x.detach().clone())
+            return self.net(x)
+
+    module = MixupClassifier(Spy(), num_classes=NUM_CLASSES, mixer={"name": "mixup", "alpha": 1.0}, mix_seed=0)
+    x = torch.rand(8, 3, 8, 8)
+    y = torch.arange(8) % NUM_CLASSES
+    trainer(max_epochs=1, num_sanity_val_steps=0).fit(
+        module, DataLoader(TensorDataset(x, y), batch_size=8), DataLoader(TensorDataset(x, y), batch_size=8)
+    )
+    assert not torch.equal(seen["train"][0], x)
+    torch.testing.assert_close(seen["val"][0], x)
+
+
+def test_median10_is_logged_from_history():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla")
+    train, val = loaders()
+    t = trainer(max_epochs=3, limit_train_batches=1)
+    t.fit(module, train, val)
+    assert len(module.val_top1_history) == 3
+    history = torch.tensor(module.val_top1_history)
+    assert float(t.callback_metrics["val/top1_median10"]) == pytest.approx(float(history.median()), abs=1e-4) or \
+        float(t.callback_metrics["val/top1_median10"]) == pytest.approx(float(history.sort().values[1]))
+
+
+def test_unknown_optimizer_lists_choices():
+    with pytest.raises(ValueError, match="sgd, adamw"):
+        MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, optimizer={"name": "lamb"})
+
+
+def test_callback_hands_mixed_batch_and_soft_targets_to_user_module():
+    received = []
+
+    class UserModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_model()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            received.append((x.detach().clone(), y.clone()))
+            return openmix.losses.soft_cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            received.append(("val", y.clone()))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % NUM_CLASSES
+    module = UserModule()
+    callback = MixupCallback("cutmix", num_classes=NUM_CLASSES, seed=0)
+    trainer(max_epochs=1, callbacks=[callback], num_sanity_val_steps=0).fit(
+        module, DataLoader(TensorDataset(x, y), batch_size=8), DataLoader(TensorDataset(x, y), batch_size=8)
+    )
+    train_x, train_y = received[0]
+    assert train_y.shape == (8, NUM_CLASSES) and not torch.equal(train_x, x)
+    assert received[1][0] == "val" and received[1][1].shape == (8,)
+    assert "training_step" not in vars(module)  # the module is restored after fit
+
+
+def test_callback_rejects_non_input_mixers_and_vanilla():
+    with pytest.raises(ValueError, match="input mixer"):
+        MixupCallback("vanilla")
+
+
+def test_mix_step_in_a_plain_loop_learns():
+    model = tiny_model()
+    mixer = openmix.build("mixup", alpha=0.2, num_classes=NUM_CLASSES, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    train, val = loaders(64, 16)
+
+    def clean_loss() -> float:
+        with torch.no_grad():
+            return sum(float(nn.functional.cross_entropy(model(x), y)) for x, y in val) / len(val)
+
+    before = clean_loss()
+    for _ in range(15):
+        for x, y in train:
+            step = mix_step(model, mixer, x, y)
+            opt.zero_grad()
+            step.loss.backward()
+            opt.step()
+    assert step.mix is not None and step.logits.shape == (16, NUM_CLASSES)
+    assert clean_loss() < 0.85 * before
+
+
+def test_mixed_accuracy_weights_hits_by_lam():
+    out = openmix.MixOutput(x=torch.zeros(2, 1), y=torch.zeros(2, 2), lam=torch.tensor([0.7, 0.4]),
+                            index=torch.tensor([1, 0]))
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0]])  # predicts class 0 twice
+    acc = mixed_accuracy(logits, torch.tensor([0, 1]), out)
+    # sample 0: own label 0 hit (0.7), partner label 1 missed; sample 1: own miss, partner label 0 hit (0.6)
+    assert float(acc) == pytest.approx((0.7 + 0.6) / 2)
+
+
+def test_build_mixer_specs():
+    assert build_mixer(None) is None and build_mixer("none") is None
+    mixer = build_mixer({"name": "mixup", "alpha": None}, num_classes=3)
+    assert mixer.alpha == 1.0 and mixer.num_classes == 3
+    with pytest.raises(ValueError, match="name"):
+        build_mixer({"alpha": 1.0})
+    with pytest.raises(ValueError, match="available"):
+        build_mixer("mixupp")
