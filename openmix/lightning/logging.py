@@ -2,45 +2,36 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
+from openmix.results import append_metrics
+
 __all__ = ["EpochMetricsCSV", "TrainThroughput"]
 
 
 class EpochMetricsCSV(L.Callback):
-    """Append one line per validated epoch to ``path``: epoch, val/top1, val/top5, val/loss, train/loss, lr.
+    """Append one line per validated epoch to ``run_dir/metrics.csv`` (rank 0 only):
+    epoch (1-based), val_top1, val_top5, val_loss, train_loss, lr. A resumed run appends."""
 
-    Rank 0 writes; a resumed run appends to the file it left.
-    """
-
-    FIELDS = ("epoch", "val_top1", "val_top5", "val_loss", "train_loss", "lr")
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         metrics = trainer.callback_metrics
-        row = {
-            "epoch": trainer.current_epoch,
+        append_metrics(self.run_dir, {
+            "epoch": trainer.current_epoch + 1,  # epochs completed, as a published "200 epochs" counts
             "val_top1": _number(metrics.get("val/top1")),
             "val_top5": _number(metrics.get("val/top5")),
             "val_loss": _number(metrics.get("val/loss")),
             "train_loss": _number(metrics.get("train/loss_epoch")),
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else "",
-        }
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        })
 
 
 class TrainThroughput(L.Callback):

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from openmix.losses import soft_cross_entropy
 from openmix.mixer import Mixer
+from openmix.results import median_of_last
 from openmix.training import build_mixer, mix_step, mixed_accuracy
 
-__all__ = ["MixupClassifier", "median_of_last"]
+__all__ = ["MixupClassifier"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -163,18 +164,6 @@ class MixupClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_top1_history = list(checkpoint.get("openmix_val_top1_history", []))
-
-
-def median_of_last(values: list[float], n: int = 10) -> float:
-    """Median of the last ``n`` values (OpenMixup's reported metric).
-
-    Example:
-        >>> median_of_last([1.0, 5.0, 3.0, 4.0], n=3)
-        4.0
-    """
-    if not values:
-        raise ValueError("median_of_last needs at least one value")
-    return float(torch.tensor(values[-n:]).median()) if len(values[-n:]) % 2 else float(torch.tensor(values[-n:]).quantile(0.5))
 
 
 def _plain(value: Any) -> bool:
