@@ -1,0 +1,247 @@
+"""openmix.models: CIFAR-stem backbones, timm pass-through, the forward split and the stage split."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from openmix.models import PreActResNet, available_models, create_model, split_stages
+
+CIFAR_MODELS = (
+    "cifar_preact_resnet18",
+    "cifar_resnet18",
+    "cifar_resnet34",
+    "cifar_resnet50",
+    "cifar_resnext50_32x4d",
+    "cifar_wrn28_8",
+)
+SMALL = ("cifar_resnet18", "cifar_preact_resnet18")  # cheap enough for backward, autocast, channels-last
+
+# Exact parameter counts for 100 classes and 3 input channels, with the well-known values:
+# ResNet-18 11.2M, ResNet-34 21.3M, ResNet-50 23.7M, PreAct-ResNet-18 11.2M (kuangliu/pytorch-cifar),
+# ResNeXt-50 32x4d 23.2M (23.0M without the 100-class fc), WRN-28-8 23.4M (Zagoruyko & Komodakis).
+PARAM_COUNTS = {
+    "cifar_resnet18": (11_220_132, 11.2),
+    "cifar_resnet34": (21_328_292, 21.3),
+    "cifar_resnet50": (23_705_252, 23.7),
+    "cifar_resnext50_32x4d": (23_177_124, 23.2),
+    "cifar_preact_resnet18": (11_217_316, 11.2),
+    "cifar_wrn28_8": (23_401_012, 23.4),
+}
+
+
+def mini_wrn(**kwargs) -> PreActResNet:
+    """A narrow WRN-10-1: the code path of ``cifar_wrn28_8`` (3 stages, final BN-ReLU) at a fraction of the cost."""
+    return PreActResNet((1, 1, 1), (16, 32, 64), 16, num_classes=10, final_norm=True, **kwargs)
+
+
+# Real-valued checks run on the small models (and the mini WRN); the big ones share their code
+# (CifarResNet, PreActResNet) and are checked for shapes on the meta device, which computes nothing.
+NUMERIC = {name: functools.partial(create_model, name, num_classes=10) for name in SMALL} | {"mini_wrn": mini_wrn}
+
+
+@functools.cache
+def meta_model(name: str, in_chans: int = 3, num_classes: int = 10) -> nn.Module:
+    """The model on the meta device: shapes propagate, nothing is computed or allocated."""
+    with torch.device("meta"):
+        return create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
+
+
+@functools.cache
+def built(name: str) -> nn.Module:
+    """One eval-mode model per name for the forward-only tests (never trained or changed in place)."""
+    return NUMERIC[name]().eval()
+
+
+def images(in_chans: int = 3, size: int = 32, device: str = "cpu") -> torch.Tensor:
+    if device == "meta":
+        return torch.empty(2, in_chans, size, size, device="meta")
+    return torch.rand(2, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def run_stages(stages, x: torch.Tensor) -> torch.Tensor:
+    return functools.reduce(lambda h, stage: stage(h), stages, x)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Convolutions on a shared 2-core runner: one intra-op thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_available_models_lists_the_cifar_names_sorted():
+    assert available_models() == sorted(CIFAR_MODELS)
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_parameter_count(name):
+    count = sum(p.numel() for p in meta_model(name, num_classes=100).parameters())
+    exact, millions = PARAM_COUNTS[name]
+    assert count == exact
+    assert round(count / 1e6, 1) == millions
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_output_shape(name, in_chans):
+    model = meta_model(name, in_chans)
+    assert model(images(in_chans, device="meta")).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@torch.no_grad()
+def test_one_channel_28px_input_like_fashion_mnist(name):
+    model = create_model(name, num_classes=10, in_chans=1).eval()
+    assert model(images(in_chans=1, size=28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_stem_is_stride_1_and_stage_shapes_match_feature_info(name):
+    model = meta_model(name)
+    h = images(device="meta")
+    shapes = []
+    for stage in model.stages:
+        h = stage(h)
+        shapes.append(tuple(h.shape[1:]))
+    assert shapes[1][1:] == (32, 32)  # stage 1 at full resolution: 3x3 stride-1 stem, no max-pool
+    expected = [(info["num_chs"], 32 // info["reduction"], 32 // info["reduction"]) for info in model.feature_info]
+    assert shapes == expected
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@torch.no_grad()
+def test_forward_equals_head_of_features(name):
+    model, x = built(name), images()
+    torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@torch.no_grad()
+def test_stages_in_order_equal_forward(name):
+    model, x = built(name), images()
+    torch.testing.assert_close(model.forward_head(run_stages(model.stages, x)), model(x))
+
+
+def test_stages_hold_the_models_own_modules():
+    resnet, preact, wrn = built("cifar_resnet18"), built("cifar_preact_resnet18"), meta_model("cifar_wrn28_8")
+    assert resnet.stages[1:] == [resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
+    assert resnet.stages[0][0] is resnet.conv1
+    assert isinstance(preact.stages, nn.ModuleList) and len(preact.stages) == 5
+    assert len(wrn.stages) == 4  # stem + 3 stages
+
+
+@pytest.mark.parametrize(
+    "timm_name",
+    ["resnet18", "resnetv2_18", "convnext_atto", "regnetx_002", "cs3darknet_s", "gernet_s", "nf_regnet_b0"],
+)
+@torch.no_grad()
+def test_split_stages_of_timm_families_equals_forward(timm_name):
+    model, x = create_model(timm_name, num_classes=10).eval(), images()
+    stages = split_stages(model)
+    assert len(stages) >= 4
+    torch.testing.assert_close(model.forward_head(run_stages(stages, x)), model(x))
+
+
+def test_split_stages_of_our_models_is_model_stages():
+    model = built("mini_wrn")
+    assert split_stages(model) == list(model.stages)
+
+
+def test_split_stages_rejects_unknown_family():
+    with pytest.raises(TypeError, match="Linear"):
+        split_stages(nn.Linear(3, 3))
+
+
+@torch.no_grad()
+def test_timm_name_builds_a_timm_model():
+    model = create_model("resnet18", num_classes=10, in_chans=1).eval()
+    x = images(in_chans=1, size=64)
+    assert type(model).__module__.startswith("timm.")
+    assert model(x).shape == (2, 10)
+    assert model.conv1.stride == (2, 2)  # timm's ImageNet stem, untouched
+
+
+def test_unknown_name_lists_cifar_models_and_mentions_timm():
+    with pytest.raises(ValueError, match="timm") as info:
+        create_model("cifar_resnet19")
+    assert all(name in str(info.value) for name in CIFAR_MODELS)
+
+
+def test_timm_weights_are_not_requested_by_default(monkeypatch):
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda name, **kwargs: calls.append(kwargs))
+    create_model("resnet50", num_classes=10)
+    assert calls == [{"pretrained": False, "in_chans": 3, "num_classes": 10}]
+
+
+def test_pretrained_cifar_model_is_refused():
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("cifar_resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_classes": -1}, {"num_classes": 2.0}, {"in_chans": 0}])
+def test_bad_sizes_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        create_model("cifar_resnet18", **kwargs)
+
+
+def test_non_string_name_raises():
+    with pytest.raises(TypeError, match="str"):
+        create_model(nn.Linear)
+
+
+def test_cifar_resnet_rejects_stem_options():
+    with pytest.raises(TypeError, match="stem_type"):
+        create_model("cifar_resnet18", stem_type="deep")
+
+
+@pytest.mark.parametrize("name", SMALL)
+@torch.no_grad()
+def test_zero_classes_returns_pooled_features(name):
+    model = create_model(name, num_classes=0).eval()
+    assert model(images()).shape == (2, 512)
+
+
+def test_wrn_dropout_is_off_by_default_and_set_in_every_block():
+    def dropouts(model):
+        return [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+
+    assert dropouts(mini_wrn()) == []
+    assert dropouts(mini_wrn(dropout=0.3)) == [0.3, 0.3, 0.3]
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_gradients_reach_every_parameter(name):
+    model = NUMERIC[name]()
+    model(images()).logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert grads[0].abs().sum() > 0  # the stem conv (first parameter in every model here) learns
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@torch.no_grad()
+def test_channels_last_matches_contiguous(name):
+    model, x = built(name), images()
+    model_cl, x_cl = copy.deepcopy(model).to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    assert model_cl.forward_features(x_cl).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model_cl(x_cl), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+@torch.no_grad()
+def test_bf16_autocast_forward(name):
+    model, x = built(name), images()
+    expected = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), expected, atol=0.1 * expected.abs().max().item(), rtol=0.1)
