@@ -27,9 +27,15 @@ def beta(alpha: float, n: int, *, device: torch.device | str = "cpu", generator:
     """
     if alpha == 0:
         return torch.ones(n, device=device)
-    gammas = torch._standard_gamma(torch.full((2, n), float(alpha), device=device), generator=generator)
-    # Both gammas can underflow to 0 for tiny alpha; the limit there is a fair pick of 0 or 1.
-    return (gammas[0] / gammas.sum(0)).nan_to_num_(1.0)
+    if alpha >= 0.5:
+        gammas = torch._standard_gamma(torch.full((2, n), float(alpha), device=device), generator=generator)
+        return gammas[0] / gammas.sum(0)
+    # Small alpha: float32 gammas underflow (both to the same subnormal, giving 0.5 where the
+    # distribution puts almost no mass). Draw them in log space instead, using
+    # Gamma(a) = Gamma(a + 1) * U ** (1 / a), and take lam = sigmoid(log g0 - log g1).
+    log_g = torch._standard_gamma(torch.full((2, n), float(alpha) + 1.0, device=device), generator=generator).log_()
+    log_g += torch.rand((2, n), device=device, generator=generator).log_().div_(alpha)
+    return torch.sigmoid(log_g[0] - log_g[1]).nan_to_num_(0.5)
 
 
 def uniform(
@@ -138,4 +144,4 @@ def box_mask(lo: Tensor, hi: Tensor, spatial: Sequence[int], dtype: torch.dtype 
         box = box * hit
     if d == 1:
         return 1.0 - box
-    return torch.addcmul(torch.ones((), dtype=dtype, device=lo.device), box, inside[-1], value=-1.0)
+    return (box * inside[-1]).neg_().add_(1.0)  # a broadcast addcmul is ~2.5x slower on CPU
