@@ -113,11 +113,12 @@ def random_boxes(
     """
     d = len(spatial)
     sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
-    cut = ((1.0 - lam.float()).clamp_(0, 1).pow(1.0 / d)[:, None] * sizes).floor_()
+    cut = (1.0 - lam.float()).pow_(1.0 / d).unsqueeze(1).mul(sizes).floor_()
     centre = torch.rand((1 if shared else lam.shape[0], d), device=lam.device, generator=generator)
     centre = centre.mul_(sizes).floor_()
-    lo = torch.minimum(torch.maximum(centre - torch.div(cut, 2, rounding_mode="floor"), sizes.new_zeros(())), sizes)
-    hi = torch.minimum(centre + torch.div(cut + 1, 2, rounding_mode="floor"), sizes)
+    below = torch.div(cut, 2, rounding_mode="floor")  # the box spans [c - below, c - below + cut)
+    lo = (centre - below).clamp_(min=0)  # c < size, so lo < size already
+    hi = torch.minimum(centre.add(cut).sub_(below), sizes)
     return lo.long(), hi.long()
 
 
@@ -132,13 +133,14 @@ def box_mask(lo: Tensor, hi: Tensor, spatial: Sequence[int], dtype: torch.dtype 
                 [1., 1.]])
     """
     batch, d = lo.shape
+    # One comparison for all axes against the longest one, then a view per axis.
+    coords = torch.arange(max(spatial), device=lo.device)
+    hits = ((coords >= lo.unsqueeze(2)) & (coords < hi.unsqueeze(2))).to(dtype)  # (B, d, max side)
     inside = []
-    for axis, size in enumerate(spatial):  # loop over the (at most 3) spatial axes, not the batch
-        coords = torch.arange(size, device=lo.device)
-        hit = ((coords >= lo[:, axis : axis + 1]) & (coords < hi[:, axis : axis + 1])).to(dtype)
+    for axis, size in enumerate(spatial):  # the (at most 3) spatial axes, not the batch
         view = [batch, 1] + [1] * d
         view[2 + axis] = size
-        inside.append(hit.view(view))
+        inside.append(hits[:, axis, :size].reshape(view))
     box = inside[0]
     for hit in inside[1:-1]:
         box = box * hit

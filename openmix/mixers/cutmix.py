@@ -56,36 +56,34 @@ class CutMix(Mixer):
         self.correct_lam = correct_lam
 
     def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+        """Adds ``lo``/``hi``: int64 box bounds ``(1, d)`` in batch mode (one shared box) or ``(B, d)``."""
         params = super().sample_params(x, generator)
-        spatial = x.shape[2:]
-        shared = self.mode == "batch"
+        lam = params["lam"][:1] if self.mode == "batch" else params["lam"]
         if self.minmax is None:
-            params["lo"], params["hi"] = random_boxes(params["lam"], spatial, shared=shared, generator=generator)
+            params["lo"], params["hi"] = random_boxes(lam, x.shape[2:], shared=True, generator=generator)
         else:
-            params["lo"], params["hi"] = self._minmax_boxes(params["lam"], spatial, shared, generator)
+            params["lo"], params["hi"] = self._minmax_boxes(lam, x.shape[2:], generator)
         return params
 
-    def _minmax_boxes(
-        self, lam: Tensor, spatial: Sequence[int], shared: bool, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
+    def _minmax_boxes(self, lam: Tensor, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
         low, high = (sizes * self.minmax[0]).floor(), (sizes * self.minmax[1]).floor()
-        n = 1 if shared else lam.shape[0]
-        draws = torch.rand((2, n, len(spatial)), device=lam.device, generator=generator)
+        draws = torch.rand((2, lam.shape[0], len(spatial)), device=lam.device, generator=generator)
         cut = (low + draws[0] * (high - low)).floor_()
         lo = (draws[1] * (sizes - cut + 1)).floor_()
         cut = torch.where(lam[:, None] < 1.0, cut, 0.0)  # samples skipped by prob get no box
-        return lo.long().expand(lam.shape[0], -1), (lo + cut).long()
+        return lo.long(), (lo + cut).long()
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        spatial = x.shape[2:]
-        mask = box_mask(params["lo"], params["hi"], spatial)  # weight of the original
+        batch, spatial = x.shape[0], x.shape[2:]
+        lo, hi = params["lo"], params["hi"]
+        mask = box_mask(lo, hi, spatial)  # weight of the original; (1, 1, *spatial) for a shared box
         if self.correct_lam or self.minmax is not None:
-            box = (params["hi"] - params["lo"]).clamp_(min=0).prod(1).float()
-            lam = 1.0 - box / float(torch.Size(spatial).numel())
+            lam = (hi - lo).clamp_(min=0).prod(1).float().div_(-float(torch.Size(spatial).numel())).add_(1.0)
         else:
             lam = params["lam"]
-        return blend(x, gather_partner(x, params["index"]), mask), lam, mask
+        mixed = blend(x, gather_partner(x, params["index"]), mask)
+        return mixed, lam.expand(batch), mask.expand(batch, *mask.shape[1:])
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
