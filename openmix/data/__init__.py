@@ -1,0 +1,74 @@
+"""Datamodules: CIFAR-10/100, Fashion-MNIST, Tiny-ImageNet, ImageNet, any ImageFolder, synthetic.
+
+Every datamodule knows ``num_classes``, ``in_chans``, ``image_size``, ``mean`` and ``std``
+before ``setup()``, and yields batches ``(x, y)``: ``x`` float32 normalised ``(B, C, H, W)``,
+``y`` int64 ``(B,)``. Validation is the official test/val split, in order, unaugmented. The small
+sets (CIFAR, Fashion-MNIST, synthetic) are held on the training device as uint8 and augmented
+there by default (``on_device="auto"``, see :mod:`openmix.data.device`); the others stream from
+disk through DataLoader workers.
+
+Example:
+    >>> from openmix.data import build_datamodule, available_datasets
+    >>> available_datasets()
+    ['cifar10', 'cifar100', 'fashion_mnist', 'imagefolder', 'imagenet', 'synthetic', 'tiny_imagenet']
+    >>> dm = build_datamodule("synthetic", batch_size=16, num_samples=64, seed=0)
+    >>> dm.setup("fit")
+    >>> x, y = next(iter(dm.train_dataloader()))
+    >>> tuple(x.shape), y.dtype
+    ((16, 3, 32, 32), torch.int64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openmix.data.base import DATAMODULES, ImageDataModule, TensorDataModule, register_datamodule
+from openmix.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from openmix.data.device import DeviceLoader, ShardSampler, crop_flip, random_crop_flip
+from openmix.data.fashion_mnist import FashionMNISTDataModule
+from openmix.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
+from openmix.data.synthetic import SyntheticDataModule
+from openmix.data.tiny_imagenet import TinyImageNetDataModule
+
+__all__ = [
+    "build_datamodule",
+    "available_datasets",
+    "register_datamodule",
+    "ImageDataModule",
+    "TensorDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "FashionMNISTDataModule",
+    "TinyImageNetDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "SyntheticDataModule",
+    "DeviceLoader",
+    "ShardSampler",
+    "crop_flip",
+    "random_crop_flip",
+]
+
+
+def available_datasets() -> list[str]:
+    """Sorted names accepted by :func:`build_datamodule`."""
+    return sorted(DATAMODULES)
+
+
+def build_datamodule(name: str, **kwargs: Any) -> ImageDataModule:
+    """The datamodule registered as ``name``, built with ``kwargs``.
+
+    Common arguments: ``root``, ``batch_size``, ``eval_batch_size``, ``num_workers``,
+    ``download``, ``on_device``, ``seed``, ``pin_memory`` (see :class:`ImageDataModule`); some
+    datasets take more (``image_size``, ``num_classes``, ``num_samples``, ``in_chans``).
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones), or a bad argument.
+
+    Example:
+        >>> build_datamodule("cifar100", root="data", batch_size=100).num_classes
+        100
+    """
+    if name not in DATAMODULES:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    return DATAMODULES[name](**kwargs)

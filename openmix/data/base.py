@@ -1,0 +1,304 @@
+"""The datamodule base classes and the name -> datamodule registry.
+
+``ImageDataModule`` holds what every dataset shares: argument checks, the static facts a model
+needs before ``setup()`` (``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std``), and
+DataLoader construction. ``TensorDataModule`` is for small datasets held in memory as one uint8
+tensor: they train either from the device (:class:`~openmix.data.device.DeviceLoader`) or
+through a DataLoader with per-sample torchvision transforms.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from openmix.data.device import DeviceLoader
+
+__all__ = ["ImageDataModule", "TensorDataModule", "TensorImageDataset", "register_datamodule", "DATAMODULES"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DATAMODULES: dict[str, type[ImageDataModule]] = {}
+T = TypeVar("T", bound=type)
+
+
+def register_datamodule(name: str) -> Callable[[T], T]:
+    """Class decorator: make a datamodule buildable as ``build_datamodule(name, ...)``."""
+
+    def decorate(cls: T) -> T:
+        if name in DATAMODULES and DATAMODULES[name] is not cls:
+            raise ValueError(f"a datamodule named {name!r} is already registered ({DATAMODULES[name].__name__})")
+        cls.name = name
+        DATAMODULES[name] = cls
+        return cls
+
+    return decorate
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Common base: arguments, static dataset facts and DataLoaders for an image classification set.
+
+    Subclasses set the class attributes below (or properties) and implement ``_load``, which
+    returns the train and validation datasets. ``setup()`` loads once; ``prepare_data()``
+    downloads when ``download=True`` (Lightning calls it on one process; outside a Trainer,
+    ``setup()`` calls it). The validation split is the dataset's official test/val split, in
+    order, without augmentation; ``test_dataloader`` gives the same.
+
+    Args:
+        root: folder holding the dataset (see each subclass for the layout).
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: validation batch size; ``batch_size`` when ``None``.
+        num_workers: DataLoader worker processes (unused on the device path).
+        download: fetch the dataset into ``root`` if it is missing (where a download exists).
+        on_device: hold the train and val sets on the training device and augment there:
+            ``True``, ``False`` or ``"auto"`` (on for the small in-memory sets). Only small sets.
+        seed: seed of shuffling and augmentation; same seed, same batches. On the DataLoader
+            path it seeds the order and the workers' augmentation (with ``num_workers=0`` the
+            transforms draw from torch's global RNG; under DDP Lightning's sampler shuffles
+            with the global seed of ``seed_everything``).
+        pin_memory: pin DataLoader batches when a CUDA device is present.
+    """
+
+    name: ClassVar[str] = ""
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    small: ClassVar[bool] = False  # may be held on the device
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        download: bool = False,
+        on_device: bool | str = "auto",
+        seed: int = 0,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(root, (str, os.PathLike)):
+            raise ValueError(f"root must be a path, got {root!r}")
+        self.root = Path(root).expanduser()
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            _check_int("eval_batch_size", eval_batch_size, 1)
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.download = _check_bool("download", download)
+        self.seed = _check_int("seed", seed, 0)
+        self.pin_memory = _check_bool("pin_memory", pin_memory)
+        if on_device == "auto":
+            on_device = self.small
+        elif not isinstance(on_device, bool):
+            raise ValueError(f"on_device must be True, False or 'auto', got {on_device!r}")
+        elif on_device and not self.small:
+            raise ValueError(
+                f"on_device=True holds a dataset in device memory, which is only offered for small datasets "
+                f"({', '.join(sorted(n for n, c in DATAMODULES.items() if c.small))}); {self.name} streams from disk"
+            )
+        self.on_device = on_device
+        self.train_set: Any = None
+        self.val_set: Any = None
+
+    # -- loading -------------------------------------------------------------------------
+    def _download(self) -> None:
+        """Fetch the dataset into ``root``; subclasses with a download override this."""
+
+    def _load(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._download()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.trainer is None:
+            self.prepare_data()
+        self.train_set, self.val_set = self._load()
+
+    def _require_setup(self) -> None:
+        if self.train_set is None:
+            raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> Any:
+        self._require_setup()
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        self._require_setup()
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self.val_dataloader()
+
+    def __repr__(self) -> str:
+        try:
+            classes = self.num_classes
+        except FileNotFoundError:  # counted from files that are not there (yet)
+            classes = "?"
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, num_classes={classes}, in_chans={self.in_chans}, "
+            f"image_size={self.image_size}, batch_size={self.batch_size}, eval_batch_size={self.eval_batch_size}, "
+            f"num_workers={self.num_workers}, on_device={self.on_device}, seed={self.seed})"
+        )
+
+
+class TensorImageDataset(Dataset):
+    """Samples of a uint8 ``(N, C, H, W)`` tensor through per-sample transforms (the DataLoader path).
+
+    Example:
+        >>> images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+        >>> ds = TensorImageDataset(images, torch.arange(4), v2.ToDtype(torch.float32))
+        >>> x, y = ds[1]
+        >>> x.dtype, tuple(x.shape), y
+        (torch.float32, (1, 8, 8), 1)
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+class TensorDataModule(ImageDataModule):
+    """A small dataset held in memory as uint8 tensors; trains from the device or through a DataLoader.
+
+    Subclasses implement ``_load_tensors`` returning train and val ``(images, labels)``, images
+    uint8 ``(N, C, H, W)``, labels int64 ``(N,)``, and set ``padding``/``padding_mode`` of their
+    train crop. With ``on_device`` the loaders are :class:`DeviceLoader` on the Trainer's
+    ``strategy.root_device`` (the CPU without a Trainer), sharded by ``trainer.global_rank`` and
+    ``world_size``; otherwise DataLoaders with the same augmentation done per sample by
+    torchvision (``RandomCrop`` + ``RandomHorizontalFlip``), which Lightning shards itself.
+    Under DDP the device-path train shards drop the remainder (all ranks take the same number
+    of steps); the val shards keep every sample exactly once, so ranks may differ by one batch
+    (metrics reduced as sums, e.g. torchmetrics or ``self.log(sync_dist=True)``, stay exact).
+    """
+
+    small = True
+    padding: ClassVar[int] = 4
+    padding_mode: ClassVar[str] = "reflect"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._device_cache: dict[tuple[str, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def _load_tensors(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        (train_x, train_y), (val_x, val_y) = self._load_tensors()
+        expected = (self.in_chans, self.image_size, self.image_size)
+        for split, x, y in (("train", train_x, train_y), ("val", val_x, val_y)):
+            if x.dtype != torch.uint8 or tuple(x.shape[1:]) != expected or y.shape != x.shape[:1]:
+                raise ValueError(
+                    f"{self.name} {split}: expected uint8 images (N, {', '.join(map(str, expected))}) and N labels, "
+                    f"got {x.dtype} {tuple(x.shape)} and {tuple(y.shape)}"
+                )
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(
+                    f"{self.name} {split}: labels must lie in [0, {self.num_classes}), got "
+                    f"[{int(y.min())}, {int(y.max())}]"
+                )
+        self._device_cache.clear()
+        return (train_x, train_y.long()), (val_x, val_y.long())
+
+    # -- where the loaders run -----------------------------------------------------------
+    def _placement(self) -> tuple[torch.device, int, int]:
+        """Training device, rank and world size (from the attached Trainer; CPU, 0, 1 without one)."""
+        if self.trainer is None:
+            return torch.device("cpu"), 0, 1
+        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+
+    def _on(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (split, device)
+        if key not in self._device_cache:  # copy once, keep for every epoch
+            x, y = self.train_set if split == "train" else self.val_set
+            self._device_cache[key] = (x.to(device).contiguous(), y.to(device))
+        return self._device_cache[key]
+
+    def train_transform(self) -> v2.Transform:
+        """The per-sample train augmentation of the DataLoader path (uint8 tensor in, normalised float out)."""
+        return v2.Compose(
+            [
+                v2.RandomCrop(self.image_size, padding=self.padding, padding_mode=self.padding_mode),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def val_transform(self) -> v2.Transform:
+        """The per-sample validation transform: to float and normalise."""
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+
+    def train_dataloader(self) -> DeviceLoader | DataLoader:
+        self._require_setup()
+        if not self.on_device:
+            return self._loader(TensorImageDataset(*self.train_set, self.train_transform()), self.batch_size, True)
+        device, rank, world = self._placement()
+        x, y = self._on("train", device)
+        return DeviceLoader(
+            x,
+            y,
+            self.batch_size,
+            self.mean,
+            self.std,
+            shuffle=True,
+            padding=self.padding,
+            padding_mode=self.padding_mode,
+            flip=True,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def val_dataloader(self) -> DeviceLoader | DataLoader:
+        self._require_setup()
+        if not self.on_device:
+            return self._loader(TensorImageDataset(*self.val_set, self.val_transform()), self.eval_batch_size, False)
+        device, rank, world = self._placement()
+        x, y = self._on("val", device)
+        return DeviceLoader(x, y, self.eval_batch_size, self.mean, self.std, rank=rank, world_size=world)
