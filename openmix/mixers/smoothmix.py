@@ -1,0 +1,106 @@
+"""SmoothMix (Lee et al., CVPR-W 2020): blend the partner in through a soft Gaussian blob."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.registry import register
+from openmix.sampling import partner_index
+
+__all__ = ["SmoothMix"]
+
+
+@register("smoothmix")
+class SmoothMix(Mixer):
+    """Paste the partner with a Gaussian weight ``G``: ``x_mixed = (1 - G) * x + G * x[index]``.
+
+    ``G = exp(-|p - c|^2 / (2 sigma^2))`` per pixel ``p`` (each axis scaled by its own
+    ``sigma``), with the centre ``c`` uniform over the image and
+    ``sigma = s * side``, ``s ~ U[sigma[0], sigma[1])`` (OpenMixup's defaults:
+    ``[0.25, 0.5)``). The mask is ``1 - G`` and ``lam`` is its mean, the original's
+    share (OpenMixup mixes the images alike but gives the blob's share to the
+    original's label). There is no ``alpha``: the blob alone sets the mixing ratio
+    (OpenMixup draws a Beta ``lam`` and discards it). Works on 1-D, 2-D and 3-D inputs.
+
+    Args:
+        sigma: ``(low, high)`` range of the blob's standard deviation, as a fraction
+            of each image side.
+        **kwargs: the common :class:`~openmix.mixer.Mixer` arguments (no ``alpha``).
+
+    Example:
+        >>> import torch, openmix
+        >>> mixer = openmix.build("smoothmix", num_classes=10, mode="elem", seed=0)
+        >>> out = mixer(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+        >>> torch.allclose(out.lam, out.mask.mean((1, 2, 3)))
+        True
+    """
+
+    def __init__(self, num_classes: int | None = None, *, sigma: Sequence[float] = (0.25, 0.5), **kwargs: Any) -> None:
+        if "alpha" in kwargs:
+            raise TypeError("SmoothMix takes no alpha: the Gaussian blob (its sigma range) sets the mixing ratio")
+        super().__init__(1.0, num_classes, **kwargs)
+        try:
+            low, high = (float(v) for v in sigma)
+        except (TypeError, ValueError):
+            raise TypeError(f"sigma must be a pair of numbers (low, high), got {sigma!r}") from None
+        if not 0.0 < low <= high:
+            raise ValueError(f"sigma must be (low, high) with 0 < low <= high, got {tuple(sigma)}")
+        self.sigma = (low, high)
+
+    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+        """Draw ``index``, the blob ``centre`` and ``sigma`` (``(1 or B, d)``, in pixels), ``lam``."""
+        batch, device, spatial = x.shape[0], x.device, x.shape[2:]
+        index = partner_index(batch, self.pairing, device=device, generator=generator)
+        n = 1 if self.mode == "batch" else batch
+        draws = torch.rand((n, len(spatial) + 1), device=device, generator=generator)
+        low, high = self.sigma
+        scale = draws[:, -1] * (high - low) + low  # one sigma per blob, as a fraction of each side
+        centre = torch.stack([draws[:, i] * size - 0.5 for i, size in enumerate(spatial)], 1)
+        sigma = torch.stack([scale * size for size in spatial], 1)
+        params = {"index": index, "centre": centre, "sigma": sigma}
+        if self.mode == "elem" and self.prob < 1.0:  # skipped samples get no blob
+            params["skip"] = torch.rand(batch, device=device, generator=generator) >= self.prob
+        profiles = self._profiles(params, spatial)
+        share = profiles[0].mean(1)
+        for profile in profiles[1:]:
+            share = share * profile.mean(1)  # the mean of a separable blob is the product of its axis means
+        params["lam"] = (1.0 - share).expand(batch)
+        return params
+
+    def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        profiles = self._profiles(params, x.shape[2:])
+        d, n = len(profiles), profiles[0].shape[0]
+        axes = []
+        for axis, profile in enumerate(profiles):  # loop over the (at most 3) spatial axes
+            view = [n, 1] + [1] * d
+            view[2 + axis] = profile.shape[1]
+            axes.append(profile.view(view))
+        blob = axes[0]
+        for weights in axes[1:-1]:
+            blob = blob * weights
+        mask = 1.0 - blob if d == 1 else torch.addcmul(blob.new_ones(()), blob, axes[-1], value=-1.0)
+        mask = mask.expand(x.shape[0], *mask.shape[1:])  # batch mode: one mask for all
+        return blend(x, gather_partner(x, params["index"]), mask), params["lam"], mask
+
+    @staticmethod
+    def _profiles(params: Params, spatial: Sequence[int]) -> list[Tensor]:
+        """The blob along each axis: ``exp(-(i - c)^2 / (2 sigma^2))``, each ``(1 or B, size)``."""
+        profiles = []
+        for axis, size in enumerate(spatial):
+            coords = torch.arange(size, device=params["centre"].device, dtype=torch.float32)
+            offset = (coords - params["centre"][:, axis : axis + 1]) / params["sigma"][:, axis : axis + 1]
+            profiles.append(offset.square_().mul_(-0.5).exp_())
+        if "skip" in params:
+            profiles[0] = profiles[0].masked_fill(params["skip"][:, None], 0.0)
+        return profiles
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        del fields["alpha"]
+        if self.sigma != (0.25, 0.5):
+            fields["sigma"] = self.sigma
+        return fields
