@@ -1,0 +1,141 @@
+"""GridMix (Baek et al., Pattern Recognition 2021): paste the partner through a grid of holes.
+
+Reference: OpenMixup ``openmixup/models/augments/gridmix.py``, itself after
+https://github.com/IlyaDobrynin/GridMixup (GridMask + CutMix).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.registry import register
+
+__all__ = ["GridMix"]
+
+Range = float | Sequence[float]
+
+
+@register("gridmix")
+class GridMix(Mixer):
+    """Take a regular grid of rectangular holes inside a random region from the partner.
+
+    As in OpenMixup: a region of ``cut_area_ratio`` of the image with aspect ratio
+    (height / width) ``cut_aspect_ratio`` is placed uniformly; its width is split into
+    ``n_holes`` cells of width ``ceil(width / n_holes)`` and height ``cell width *
+    hole_aspect_ratio``; the top-left ``sqrt(1 - lam)`` of each cell's sides (at least 1
+    pixel, at most the cell side minus 1) is a hole showing the partner. The returned
+    ``lam`` is the area actually kept. Each argument is a number or a ``(low, high)``
+    range drawn uniformly (``n_holes``: an integer from ``low`` to ``high`` inclusive);
+    ``lam ~ Beta(alpha, alpha)``. ``mode="batch"`` draws one grid for the batch (as
+    OpenMixup), ``mode="elem"`` one per sample. Defaults are OpenMixup's CIFAR configs.
+    Where OpenMixup fails, this clamps: the region to the image (OpenMixup's slices run
+    off the image for tall regions), ``n_holes`` to half the region width (OpenMixup
+    asserts) and the cell height to at least 1; ``lam = 1`` (a sample skipped by ``prob``)
+    pastes nothing.
+
+    Args:
+        n_holes: number of cells across the region's width.
+        hole_aspect_ratio: cell height over cell width.
+        cut_area_ratio: region area over image area, in ``(0, 1]``.
+        cut_aspect_ratio: region height over region width.
+        **kwargs: the common :class:`~openmix.mixer.Mixer` arguments.
+
+    Example:
+        >>> import torch, openmix
+        >>> mixer = openmix.build("gridmix", alpha=1.0, num_classes=10, mode="elem", seed=0)
+        >>> out = mixer(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+        >>> torch.allclose(out.lam, out.mask.mean((1, 2, 3)))
+        True
+    """
+
+    spatial_dims = (2,)
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: int | None = None,
+        *,
+        n_holes: int | Sequence[int] = (2, 6),
+        hole_aspect_ratio: Range = 1.0,
+        cut_area_ratio: Range = (0.5, 1.0),
+        cut_aspect_ratio: Range = (0.5, 2.0),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha, num_classes, **kwargs)
+        self.n_holes = _range("n_holes", n_holes, low=1, integer=True)
+        self.hole_aspect_ratio = _range("hole_aspect_ratio", hole_aspect_ratio, low=0.0)
+        self.cut_area_ratio = _range("cut_area_ratio", cut_area_ratio, low=0.0, high=1.0)
+        self.cut_aspect_ratio = _range("cut_aspect_ratio", cut_aspect_ratio, low=0.0)
+
+    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+        """Adds the grid: ``lo`` (region corner), ``size`` (region sides) and ``cell``
+        (cell sides), int64 ``(1 or B, 2)`` as ``(rows, columns)``."""
+        params = super().sample_params(x, generator)
+        height, width = x.shape[2:]
+        count = 1 if self.mode == "batch" else x.shape[0]
+        draws = torch.rand((6, count), device=x.device, generator=generator)
+
+        def pick(bounds: tuple[float, float], u: Tensor) -> Tensor:
+            return u.mul(bounds[1] - bounds[0]).add_(bounds[0])
+
+        n_holes = pick((self.n_holes[0], self.n_holes[1] + 1), draws[0]).floor_().clamp_(max=self.n_holes[1])
+        area = pick(self.cut_area_ratio, draws[1]).mul_(height * width).floor_()
+        aspect = pick(self.cut_aspect_ratio, draws[2])
+        cut_w = area.div(aspect).sqrt_().floor_()
+        cut_h = cut_w.mul(aspect).floor_().clamp_(1, height)
+        cut_w = cut_w.clamp_(1, width)
+        n_holes = torch.minimum(n_holes, cut_w.div(2).floor_().clamp_(min=1))
+        cell_w = cut_w.div(n_holes).ceil_()
+        cell_h = cell_w.mul(pick(self.hole_aspect_ratio, draws[3])).floor_().clamp_(min=1)
+        lo = torch.stack([(height - cut_h).mul_(draws[4]), (width - cut_w).mul_(draws[5])], 1).floor_()
+        size, cell = torch.stack([cut_h, cut_w], 1), torch.stack([cell_h, cell_w], 1)
+        params.update(lo=lo.long(), size=size.long(), cell=cell.long())
+        return params
+
+    def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        lo, size, cell = params["lo"], params["size"], params["cell"]
+        lam = params["lam"][: lo.shape[0], None].float()
+        hole = cell.float().mul(torch.sqrt(1.0 - lam)).floor_()
+        hole = torch.minimum(hole.clamp_(min=1), cell - 1).masked_fill_(lam >= 1, 0)  # lam = 1: paste nothing
+        hits = []
+        for axis, length in enumerate(x.shape[2:]):  # rows, then columns
+            rel = torch.arange(length, device=x.device) - lo[:, axis : axis + 1]
+            inside = (rel >= 0) & (rel < size[:, axis : axis + 1])
+            hits.append((inside & (rel.remainder(cell[:, axis : axis + 1]) < hole[:, axis : axis + 1])).float())
+        rows, cols = hits
+        mask = torch.addcmul(torch.ones((), device=x.device), rows[:, None, :, None], cols[:, None, None, :], value=-1.0)
+        kept = 1.0 - rows.sum(1) * cols.sum(1) / float(x.shape[2] * x.shape[3])
+        batch = x.shape[0]
+        mask = mask.expand(batch, *mask.shape[1:])
+        return blend(x, gather_partner(x, params["index"]), mask), kept.expand(batch), mask
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        for name in ("n_holes", "hole_aspect_ratio", "cut_area_ratio", "cut_aspect_ratio"):
+            low, high = getattr(self, name)
+            fields[name] = low if low == high else (low, high)
+        return fields
+
+
+def _range(
+    name: str, value: Any, *, low: float, high: float | None = None, integer: bool = False
+) -> tuple[float, float]:
+    """``value`` (a number or a ``(min, max)`` pair) as a checked ``(min, max)`` tuple."""
+    pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value, value)
+    kinds = (int,) if integer else (int, float)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, kinds) for v in pair):
+        what = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {what} or a (min, max) pair of them, got {value!r}")
+    lo, hi = pair
+    if integer:
+        ok = low <= lo <= hi
+    else:
+        ok = low < lo <= hi and (high is None or hi <= high)
+    if not ok:
+        bound = f"{low} <= min <= max" if integer else f"{low} < min <= max" + (f" <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must satisfy {bound}, got {value!r}")
+    return (lo, hi) if integer else (float(lo), float(hi))
