@@ -21,7 +21,8 @@ def tiny_model(in_chans: int = 3) -> nn.Module:
 def loaders(n: int = 32, batch: int = 8) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(0)
     y = torch.arange(n) % NUM_CLASSES
-    x = torch.rand(n, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5  # learnable signal
+    prototypes = torch.randn(NUM_CLASSES, 3, 8, 8, generator=g)
+    x = prototypes[y] + 0.5 * torch.randn(n, 3, 8, 8, generator=g)  # one noisy prototype per class
     data = TensorDataset(x, y)
     return DataLoader(data, batch_size=batch, shuffle=True), DataLoader(data, batch_size=batch)
 
@@ -120,9 +121,9 @@ def test_callback_rejects_non_input_mixers_and_vanilla():
 
 
 def test_mix_step_in_a_plain_loop_learns():
-    model = tiny_model()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, NUM_CLASSES))
     mixer = openmix.build("mixup", alpha=0.2, num_classes=NUM_CLASSES, seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     train, val = loaders(64, 16)
 
     def clean_loss() -> float:
@@ -130,14 +131,14 @@ def test_mix_step_in_a_plain_loop_learns():
             return sum(float(nn.functional.cross_entropy(model(x), y)) for x, y in val) / len(val)
 
     before = clean_loss()
-    for _ in range(15):
+    for _ in range(10):
         for x, y in train:
             step = mix_step(model, mixer, x, y)
             opt.zero_grad()
             step.loss.backward()
             opt.step()
     assert step.mix is not None and step.logits.shape == (16, NUM_CLASSES)
-    assert clean_loss() < 0.85 * before
+    assert clean_loss() < 0.5 * before
 
 
 def test_mixed_accuracy_weights_hits_by_lam():

@@ -14,24 +14,20 @@ __all__ = ["EpochMetricsCSV", "TrainThroughput"]
 
 
 class EpochMetricsCSV(L.Callback):
-    """Append one line per validated epoch to ``run_dir/metrics.csv`` (rank 0 only):
-    epoch (1-based), val_top1, val_top5, val_loss, train_loss, lr. A resumed run appends."""
+    """Append each validated epoch's ``epoch_summary`` (see :class:`~openmix.lightning.MixupClassifier`)
+    to ``run_dir/metrics.csv`` on rank 0: epoch (1-based), val_top1, val_top5, val_loss, train_loss,
+    lr. A resumed run appends to the file it left."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        self._written = -1
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.global_rank != 0:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        summary = getattr(pl_module, "epoch_summary", None)
+        if trainer.sanity_checking or trainer.global_rank != 0 or not summary or summary["epoch"] == self._written:
             return
-        metrics = trainer.callback_metrics
-        append_metrics(self.run_dir, {
-            "epoch": trainer.current_epoch + 1,  # epochs completed, as a published "200 epochs" counts
-            "val_top1": _number(metrics.get("val/top1")),
-            "val_top5": _number(metrics.get("val/top5")),
-            "val_loss": _number(metrics.get("val/loss")),
-            "train_loss": _number(metrics.get("train/loss_epoch")),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else "",
-        })
+        append_metrics(self.run_dir, summary)
+        self._written = summary["epoch"]
 
 
 class TrainThroughput(L.Callback):
@@ -74,7 +70,3 @@ def _synchronize(pl_module: L.LightningModule) -> None:
         import torch
 
         torch.cuda.synchronize(pl_module.device)
-
-
-def _number(value: Any) -> float | str:
-    return float(value) if value is not None else ""

@@ -79,18 +79,23 @@ class MixupClassifier(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.val_top1_history: list[float] = []
-        self._val_hits = torch.zeros(3)
+        self.epoch_summary: dict[str, Any] = {}  # the last validated epoch, for EpochMetricsCSV
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
     # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(2, device=self.device)  # loss * batch, samples
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = self._prepare(batch)
         step = mix_step(self.model, self.mixer, x, y, criterion=self._criterion)
         self.log("train/loss", step.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("train/top1", 100.0 * mixed_accuracy(step.logits, y, step.mix), on_step=False, on_epoch=True,
                  batch_size=x.shape[0])
+        self._train_sums[0] += step.loss.detach() * x.shape[0]
+        self._train_sums[1] += x.shape[0]
         return step.loss
 
     def _criterion(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -100,26 +105,36 @@ class MixupClassifier(L.LightningModule):
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_hits = torch.zeros(3, device=self.device)  # top1 hits, top5 hits, count
+        self._val_sums = torch.zeros(3, device=self.device)  # top-1 hits, top-5 hits, loss sum
+        self._val_count = 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = self._prepare(batch)
         logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == y[:, None]
-        self._val_hits += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(y.shape[0], device=self.device)])
-        self.log("val/loss", loss, prog_bar=False, sync_dist=True, batch_size=x.shape[0])
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+        loss_sum = nn.functional.cross_entropy(logits, y, reduction="sum")
+        self._val_sums += torch.stack([hits[:, 0].float().sum(), hits.any(1).float().sum(), loss_sum.float()])
+        self._val_count += y.shape[0]
 
     def on_validation_epoch_end(self) -> None:
-        hits = self.trainer.strategy.reduce(self._val_hits, reduce_op="sum") if self.trainer.world_size > 1 else self._val_hits
-        top1, top5 = (100.0 * hits[:2] / hits[2].clamp(min=1)).tolist()
-        self.log("val/top1", top1, prog_bar=True)
-        self.log("val/top5", top5)
-        if not self.trainer.sanity_checking:
-            self.val_top1_history.append(top1)
-        if self.val_top1_history:
-            self.log("val/top1_median10", median_of_last(self.val_top1_history, 10))
+        """Exact epoch metrics from sums over all ranks (uneven DDP shards included)."""
+        sums = torch.cat([self._val_sums, self._val_sums.new_tensor([self._val_count])])  # once per epoch
+        top1_hits, top5_hits, loss_sum, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        top1, top5, loss = 100.0 * top1_hits / max(count, 1), 100.0 * top5_hits / max(count, 1), loss_sum / max(count, 1)
+        self.log_dict({"val/top1": top1, "val/top5": top5, "val/loss": loss}, prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        self.val_top1_history.append(top1)
+        self.log("val/top1_median10", median_of_last(self.val_top1_history, 10))
+        train = getattr(self, "_train_sums", None)
+        self.epoch_summary = {
+            "epoch": self.current_epoch + 1,  # epochs completed, as a published "200 epochs" counts
+            "val_top1": top1,
+            "val_top5": top5,
+            "val_loss": loss,
+            "train_loss": float(train[0] / train[1]) if train is not None and float(train[1]) else "",
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else "",
+        }
 
     # ------------------------------------------------------------------ plumbing
     def _prepare(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

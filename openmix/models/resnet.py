@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # ResNet options that build a different stem; the CIFAR stem is fixed.
-_STEM_OPTIONS = frozenset({"stem_type", "stem_width", "replace_stem_pool", "output_stride"})
+_STEM_OPTIONS = frozenset({"stem_type", "replace_stem_pool", "output_stride"})  # stem_width is allowed
 
 
 class CifarResNet(ResNet):
