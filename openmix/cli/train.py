@@ -1,0 +1,241 @@
+"""``openmix-train``: one training run, or a sweep with ``-m``, configured by Hydra.
+
+Examples::
+
+    openmix-train                                   # quick real run on Fashion-MNIST
+    openmix-train experiment=cifar100_r18 mixer=cutmix epochs=400
+    openmix-train -m mixer=mixup,cutmix,fmix seed=0,1,2
+    openmix-train -m hydra/launcher=slurm trainer=ddp mixer=mixup,cutmix   # on SLURM
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+class ConfigError(ValueError):
+    """An invalid setting, reported before any work starts."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject settings that cannot train, naming the setting and what is allowed.
+
+    Checks the numbers, the mixer, data and model names, and the data and model arguments
+    (the model is built on the ``meta`` device, so this costs no memory or time).
+    """
+    import torch
+
+    import openmix
+    from openmix.data import available_datasets
+    from openmix.models import create_model
+    from openmix.training import build_mixer
+
+    for key in ("epochs", "batch_size"):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    mixer = cfg.mixer.name
+    if mixer not in ("vanilla", "none") and mixer not in openmix.available():
+        raise ConfigError(f"unknown mixer {mixer!r}; available: vanilla, {', '.join(openmix.available())}")
+    if cfg.data.name not in available_datasets():
+        raise ConfigError(f"unknown data {cfg.data.name!r}; available: {', '.join(available_datasets())}")
+    try:
+        datamodule = _datamodule(cfg)
+        build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), num_classes=datamodule.num_classes)
+        with torch.device("meta"):
+            create_model(cfg.model.name, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans,
+                         **_model_kwargs(cfg))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _datamodule(cfg: DictConfig) -> Any:
+    from openmix.data import build_datamodule
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
+    return build_datamodule(cfg.data.name, seed=cfg.seed, **kwargs)
+
+
+def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.get("kwargs") else {}
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.get("run_dir", "run"))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one run described by ``cfg`` and return its result row (also written to ``result.json``)."""
+    import lightning as L
+    import torch
+
+    from openmix.lightning import MixupClassifier
+    from openmix.lightning.logging import EpochMetricsCSV, TrainThroughput
+    from openmix.results import median_of_last, read_result, result_exists, write_result
+
+    validate(cfg)
+    run_dir = run_dir_of(cfg)
+    if cfg.skip_done and result_exists(run_dir):
+        print(f"[openmix] {run_dir}: result.json exists, skipped (skip_done=true)")
+        return read_result(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = checkpoint if cfg.resume and checkpoint.exists() else None
+    if resume_from is not None:
+        check_checkpoint(resume_from)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = _datamodule(cfg)
+    mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)
+    module = MixupClassifier(
+        model=cfg.model.name,
+        model_kwargs=_model_kwargs(cfg),
+        num_classes=datamodule.num_classes,
+        in_chans=datamodule.in_chans,
+        mixer=mixer_cfg,
+        optimizer=OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
+        label_smoothing=cfg.label_smoothing,
+        mix_seed=cfg.seed,
+        channels_last=cfg.channels_last,
+    )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    print(f"[openmix] {cfg.name}: {cfg.mixer.name} on {cfg.data.name} / {cfg.model.name}, {cfg.epochs} epochs, "
+          f"seed {cfg.seed} -> {run_dir}" + (f" (resuming {resume_from.name})" if resume_from else ""))
+    throughput = TrainThroughput()
+    callbacks: list[L.Callback] = [
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+        EpochMetricsCSV(run_dir),
+        throughput,
+    ]
+    if sys.stdout.isatty():
+        callbacks.append(L.pytorch.callbacks.RichProgressBar())
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        default_root_dir=run_dir,
+        callbacks=callbacks,
+        logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),  # a new version per attempt
+        enable_progress_bar=sys.stdout.isatty(),
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if trainer.global_rank != 0:
+        return {}
+    history, device = module.val_top1_history, trainer.strategy.root_device
+    row = {
+        "schema": 1,
+        "experiment": cfg.name,
+        "mixer": mixer_cfg["name"],
+        "alpha": mixer_cfg.get("alpha"),
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "top1_final": history[-1] if history else float("nan"),
+        "top1_best": max(history) if history else float("nan"),
+        "top1_median10": median_of_last(history, 10) if history else float("nan"),
+        "top5_final": float(trainer.callback_metrics.get("val/top5", float("nan"))),
+        "wall_time_s": time.perf_counter() - started,
+        "images_per_s": throughput.images_per_second,
+        "host": socket.gethostname(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "num_devices": trainer.world_size,
+        "openmix_version": __import__("openmix").__version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_result(run_dir, row)
+    return row
+
+
+def _remove_empty_tree(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents below ``stop`` while they are empty."""
+    folder, stop = folder.resolve(), stop.resolve()
+    while folder != stop and stop in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail with a clear message, touching nothing, if ``path`` is not a readable Lightning checkpoint."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001  (any unreadable file is reported the same way)
+        raise RuntimeError(
+            f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
+            "the run folder was left as it was: delete the file to start over, or run with resume=false"
+        ) from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise RuntimeError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict); run with resume=false")
+
+
+class SweepTable(HydraCallback):
+    """Prints the results table of a sweep when ``-m`` finishes."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("print_table", True):
+            return
+        from openmix.cli.report import main as report
+
+        report([str(Path(config.hydra.sweep.dir))])
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        row = train(cfg)
+    except ConfigError as error:
+        _remove_empty_tree(run_dir_of(cfg), stop=Path.cwd())  # Hydra made the run folder before we ran
+        print(f"openmix-train: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if row and cfg.print_table and not HydraConfig.get().mode.name == "MULTIRUN":
+        from openmix.cli.report import main as report
+
+        report([str(run_dir_of(cfg))])
+    return row.get("top1_median10") if row else None
+
+
+def main() -> None:
+    """Console entry point."""
+    quiet_lightning()
+    _hydra_main()
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up tips and a known third-party deprecation out of the console."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+
+
+if __name__ == "__main__":
+    main()
