@@ -6,12 +6,13 @@ them moves data between host and device or loops over the batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["beta", "uniform", "partner_index", "host_coin", "random_boxes", "box_mask", "PAIRINGS"]
+__all__ = ["beta", "uniform", "partner_index", "host_coin", "random_boxes", "boxes_at", "box_mask", "PAIRINGS"]
 
 Pairing = Literal["random", "flip", "roll"]
 PAIRINGS: tuple[str, ...] = ("random", "flip", "roll")
@@ -111,15 +112,33 @@ def random_boxes(
         >>> (hi - lo).tolist()[0] in ([4, 4], [4, 3], [3, 4], [3, 3], [2, 4], [4, 2], [2, 3], [3, 2], [2, 2])
         True
     """
-    d = len(spatial)
-    sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
-    cut = (1.0 - lam.float()).pow_(1.0 / d).unsqueeze(1).mul(sizes).floor_()
-    centre = torch.rand((1 if shared else lam.shape[0], d), device=lam.device, generator=generator)
-    centre = centre.mul_(sizes).floor_()
+    centre = torch.rand((1 if shared else lam.shape[0], len(spatial)), device=lam.device, generator=generator)
+    return boxes_at(lam, centre.mul_(_sizes(tuple(spatial), lam.device)).floor_(), spatial)
+
+
+def boxes_at(lam: Tensor, centre: Tensor, spatial: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """CutMix boxes around given integer centres ``(B or 1, d)``; see :func:`random_boxes`.
+
+    timm's convention: side ``cut = floor(size * (1 - lam) ** (1/d))``, box
+    ``[c - cut // 2, c + (cut + 1) // 2)`` clipped to the image.
+
+    Example:
+        >>> boxes_at(torch.tensor([0.75]), torch.tensor([[0, 4]]), (8, 8))
+        (tensor([[0, 2]]), tensor([[2, 6]]))
+    """
+    sizes = _sizes(tuple(spatial), lam.device)
+    cut = (1.0 - lam.float()).pow_(1.0 / len(spatial)).unsqueeze(1).mul(sizes).floor_()
     below = torch.div(cut, 2, rounding_mode="floor")  # the box spans [c - below, c - below + cut)
     lo = (centre - below).clamp_(min=0)  # c < size, so lo < size already
     hi = torch.minimum(centre.add(cut).sub_(below), sizes)
     return lo.long(), hi.long()
+
+
+@functools.lru_cache(maxsize=64)
+def _sizes(spatial: tuple[int, ...], device: torch.device) -> Tensor:
+    """The spatial sizes as a float tensor on ``device``, made once: copying a new host tensor to an
+    accelerator on every call could wait on it. Callers must not modify it in place."""
+    return torch.tensor(tuple(spatial), dtype=torch.float32, device=device)
 
 
 def box_mask(lo: Tensor, hi: Tensor, spatial: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:

@@ -45,8 +45,9 @@ def test_box_is_centred_on_the_partners_bright_spot(mode):
     source = params["index"][:1].expand(16) if mode == "batch" else params["index"]
     centre = spots[source]
     cut = ((1 - params["lam"].double()).sqrt() * 32).floor().long()[:, None]
-    torch.testing.assert_close(params["lo"], (centre - cut // 2).clamp(min=0))
-    torch.testing.assert_close(params["hi"], (centre + (cut + 1) // 2).clamp(max=32))
+    assert params["lo"].shape == ((1, 2) if mode == "batch" else (16, 2))  # batch mode: one shared box
+    torch.testing.assert_close(params["lo"].expand(16, -1), (centre - cut // 2).clamp(min=0))
+    torch.testing.assert_close(params["hi"].expand(16, -1), (centre + (cut + 1) // 2).clamp(max=32))
 
 
 @pytest.mark.parametrize("mode", ["batch", "elem"])

@@ -9,9 +9,9 @@ from torch import Tensor
 
 from openmix.mixer import Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import box_mask, random_boxes
+from openmix.sampling import _sizes, box_mask, random_boxes
 
-__all__ = ["CutMix"]
+__all__ = ["CutMix", "paste_boxes"]
 
 
 @register("cutmix")
@@ -66,7 +66,7 @@ class CutMix(Mixer):
         return params
 
     def _minmax_boxes(self, lam: Tensor, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        sizes = torch.tensor(spatial, device=lam.device, dtype=torch.float32)
+        sizes = _sizes(tuple(spatial), lam.device)
         low, high = (sizes * self.minmax[0]).floor(), (sizes * self.minmax[1]).floor()
         draws = torch.rand((2, lam.shape[0], len(spatial)), device=lam.device, generator=generator)
         cut = (low + draws[0] * (high - low)).floor_()
@@ -75,15 +75,9 @@ class CutMix(Mixer):
         return lo.long(), (lo + cut).long()
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        batch, spatial = x.shape[0], x.shape[2:]
-        lo, hi = params["lo"], params["hi"]
-        mask = box_mask(lo, hi, spatial)  # weight of the original; (1, 1, *spatial) for a shared box
-        if self.correct_lam or self.minmax is not None:
-            lam = (hi - lo).clamp_(min=0).prod(1).float().div_(-float(torch.Size(spatial).numel())).add_(1.0)
-        else:
-            lam = params["lam"]
-        mixed = blend(x, gather_partner(x, params["index"]), mask)
-        return mixed, lam.expand(batch), mask.expand(batch, *mask.shape[1:])
+        mixed, kept, mask = paste_boxes(x, params["index"], params["lo"], params["hi"])
+        honest = self.correct_lam or self.minmax is not None
+        return mixed, kept if honest else params["lam"].expand(x.shape[0]), mask
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
@@ -92,3 +86,29 @@ class CutMix(Mixer):
         if not self.correct_lam:
             fields["correct_lam"] = False
         return fields
+
+
+def paste_boxes(x: Tensor, index: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Paste the boxes ``[lo, hi)`` of each sample's partner ``x[index]`` into ``x``.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        index: partners ``(B,)``.
+        lo, hi: int64 box bounds ``(B, d)``, or ``(1, d)`` for one box shared by the batch.
+
+    Returns:
+        ``(mixed, lam, mask)``: mixed ``x``; the kept area ``lam`` ``(B,)``; the original's
+        weight ``mask`` ``(B, 1, *spatial)`` (an expanded view for a shared box).
+
+    Example:
+        >>> x = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+        >>> mixed, lam, _ = paste_boxes(x, torch.tensor([1, 0]), torch.tensor([[0, 0]]), torch.tensor([[1, 2]]))
+        >>> mixed[0, 0], lam
+        (tensor([[1., 1.],
+                [0., 0.]]), tensor([0.5000, 0.5000]))
+    """
+    batch, spatial = x.shape[0], x.shape[2:]
+    mask = box_mask(lo, hi, spatial)
+    lam = (hi - lo).clamp_(min=0).prod(1).float().div_(-float(torch.Size(spatial).numel())).add_(1.0)
+    mixed = blend(x, gather_partner(x, index), mask)
+    return mixed, lam.expand(batch), mask.expand(batch, *mask.shape[1:])

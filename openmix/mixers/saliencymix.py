@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Mixer, Params
+from openmix.mixers.cutmix import paste_boxes
 from openmix.registry import register
-from openmix.sampling import box_mask
+from openmix.sampling import boxes_at
 
 __all__ = ["SaliencyMix", "fine_grained_saliency", "spectral_residual_saliency", "saliency_peaks"]
 
@@ -174,36 +175,18 @@ class SaliencyMix(Mixer):
                 centre = saliency_peaks(x.index_select(0, index[:1]), self.saliency)
             else:
                 centre = saliency_peaks(x, self.saliency).index_select(0, index)
-        params["lo"], params["hi"] = _boxes_at(params["lam"], centre, x.shape[2:])
+        lam = params["lam"][:1] if self.mode == "batch" else params["lam"]
+        params["lo"], params["hi"] = boxes_at(lam, centre, x.shape[2:])
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        spatial = x.shape[2:]
-        mask = box_mask(params["lo"], params["hi"], spatial)  # weight of the original
-        box = (params["hi"] - params["lo"]).prod(1).float()
-        lam = 1.0 - box / float(spatial.numel())
-        return blend(x, gather_partner(x, params["index"]), mask), lam, mask
+        return paste_boxes(x, params["index"], params["lo"], params["hi"])
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
         if self.saliency != "spectral_residual":
             fields["saliency"] = self.saliency
         return fields
-
-
-def _boxes_at(lam: Tensor, centre: Tensor, spatial: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """CutMix boxes of side ``floor(sqrt(1 - lam) * size)`` around ``centre`` ``(B or 1, d)``, clipped.
-
-    Same arithmetic as :func:`openmix.sampling.random_boxes`, with the centre given.
-    """
-    side = (1.0 - lam.float()).clamp_(0, 1).sqrt_()
-    lo, hi = [], []
-    for axis, size in enumerate(spatial):  # the two spatial axes, not the batch
-        cut = (side * size).floor_()
-        mid = centre[:, axis].float()
-        lo.append((mid - torch.div(cut, 2, rounding_mode="floor")).clamp_(min=0))
-        hi.append((mid + torch.div(cut + 1, 2, rounding_mode="floor")).clamp_(max=size))
-    return torch.stack(lo, 1).long(), torch.stack(hi, 1).long()
 
 
 def _gray(x: Tensor) -> Tensor:
