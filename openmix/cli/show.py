@@ -10,7 +10,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from openmix.cli.train import CONFIG_DIR, ConfigError, validate
+from openmix.cli.train import CONFIG_DIR, ConfigError, quiet_lightning, validate
 from openmix.training import build_mixer
 
 __all__ = ["gallery", "main"]
@@ -46,7 +46,7 @@ def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    built = [build_mixer(m, num_classes=num_classes, seed=seed, mode="elem") for m in mixers]
+    built = [build_mixer(m, num_classes=num_classes, seed=seed + row, mode="elem") for row, m in enumerate(mixers)]
     rows = [("original", images, None)]
     for spec, mixer in zip(mixers, built):
         if mixer is None:
@@ -90,6 +90,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
+    quiet_lightning()
     _hydra_main()
 
 

@@ -232,6 +232,8 @@ def quiet_lightning() -> None:
     import logging
     import warnings
 
+    import lightning.pytorch  # noqa: F401  (it sets its logger's level on import; override it after)
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
