@@ -176,3 +176,12 @@ def test_short_real_run_on_fashion_mnist(tmp_path):
     row = train(cfg)  # the default experiment: Fashion-MNIST from Debian's package
     assert row["data"] == "fashion_mnist" and row["experiment"] == "fashion_mnist_quick"
     assert 25.0 < row["top1_final"] <= 100.0  # 30 plain steps beat chance (10%) on real data (measured: 36%)
+
+
+def test_slurm_launcher_config_composes_on_submitit():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
