@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from openmix.checks import check_number
 from openmix.output import MixOutput
 from openmix.sampling import PAIRINGS, beta, host_coin, partner_index
 from openmix.targets import mix_targets, soft_targets
@@ -60,9 +61,9 @@ class Mixer(nn.Module):
         same_on_all_ranks: bool = False,
     ) -> None:
         super().__init__()
-        _check_number("alpha", alpha, low=0.0)
-        _check_number("prob", prob, low=0.0, high=1.0)
-        _check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
+        check_number("alpha", alpha, low=0.0)
+        check_number("prob", prob, low=0.0, high=1.0)
+        check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         if mode not in MODES:
@@ -223,12 +224,3 @@ def gather_partner(x: Tensor, index: Tensor) -> Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return x[index]
     return torch.index_select(x, 0, index, out=torch.empty_like(x))
-
-
-def _check_number(name: str, value: float, *, low: float, high: float | None = None, high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if not value >= low or too_high:  # `not >=` also catches NaN
-        bound = f"[{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from openmix.checks import check_bool, check_int
 from openmix.data.device import DeviceLoader
 
 __all__ = ["ImageDataModule", "TensorDataModule", "TensorImageDataset", "register_datamodule", "DATAMODULES"]
@@ -42,18 +43,6 @@ def register_datamodule(name: str) -> Callable[[T], T]:
         return cls
 
     return decorate
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -103,14 +92,14 @@ class ImageDataModule(L.LightningDataModule):
         if not isinstance(root, (str, os.PathLike)):
             raise ValueError(f"root must be a path, got {root!r}")
         self.root = Path(root).expanduser()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if eval_batch_size is not None:
-            _check_int("eval_batch_size", eval_batch_size, 1)
+            check_int("eval_batch_size", eval_batch_size, 1)
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.download = _check_bool("download", download)
-        self.seed = _check_int("seed", seed, 0)
-        self.pin_memory = _check_bool("pin_memory", pin_memory)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.download = check_bool("download", download)
+        self.seed = check_int("seed", seed, 0)
+        self.pin_memory = check_bool("pin_memory", pin_memory)
         if on_device == "auto":
             on_device = self.small
         elif not isinstance(on_device, bool):

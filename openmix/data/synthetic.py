@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.data.base import TensorDataModule, _check_int, register_datamodule
+from openmix.checks import check_int
+from openmix.data.base import TensorDataModule, register_datamodule
 from openmix.data.device import derive_seed
 
 __all__ = ["SyntheticDataModule", "make_synthetic"]
@@ -79,14 +80,14 @@ class SyntheticDataModule(TensorDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.num_samples = check_int("num_samples", num_samples, 1)
         default_val = max(num_samples // 4, 1)
         self.num_val_samples = (
-            default_val if num_val_samples is None else _check_int("num_val_samples", num_val_samples, 1)
+            default_val if num_val_samples is None else check_int("num_val_samples", num_val_samples, 1)
         )
-        self.num_classes = _check_int("num_classes", num_classes, 1)
-        self.image_size = _check_int("image_size", image_size, 2)
-        self.in_chans = _check_int("in_chans", in_chans, 1)
+        self.num_classes = check_int("num_classes", num_classes, 1)
+        self.image_size = check_int("image_size", image_size, 2)
+        self.in_chans = check_int("in_chans", in_chans, 1)
         self.padding = image_size // 8
         self.mean, self.std = (0.5,) * in_chans, (0.25,) * in_chans
 

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, _check_number, blend, gather_partner
+from openmix.checks import check_number
+from openmix.mixer import Mixer, Params, blend, gather_partner
 from openmix.registry import register
 
 __all__ = ["FMix", "fourier_field", "binarise"]
@@ -56,8 +57,8 @@ class FMix(Mixer):
         **kwargs: Any,
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
-        _check_number("decay_power", decay_power, low=0.0, high=float("inf"), high_open=True)
-        _check_number("max_soft", max_soft, low=0.0, high=0.5)
+        check_number("decay_power", decay_power, low=0.0, high=float("inf"), high_open=True)
+        check_number("max_soft", max_soft, low=0.0, high=0.5)
         self.decay_power = float(decay_power)
         self.max_soft = float(max_soft)
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import timm
 import torch.nn as nn
 
+from openmix.checks import check_int
 from openmix.models.preact_resnet import cifar_preact_resnet18, cifar_wrn28_8
 from openmix.models.resnet import cifar_resnet18, cifar_resnet34, cifar_resnet50, cifar_resnext50_32x4d
 
@@ -82,9 +83,9 @@ def create_model(
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    _check_int("in_chans", in_chans, minimum=1)
+    check_int("in_chans", in_chans, minimum=1)
     if num_classes is not None:
-        kwargs["num_classes"] = _check_int("num_classes", num_classes, minimum=0)
+        kwargs["num_classes"] = check_int("num_classes", num_classes, minimum=0)
     if name in _CIFAR_MODELS:
         if pretrained:
             raise ValueError(f"{name!r} has no pretrained weights: openmix's CIFAR models start from random weights")
@@ -97,9 +98,3 @@ def create_model(
         f"unknown model {name!r}: expected a CIFAR-stem model {available_models()} "
         f"or any timm model name (see timm.list_models()){hint}"
     )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
