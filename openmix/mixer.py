@@ -104,7 +104,10 @@ class Mixer(nn.Module):
         """Draw the random parameters for ``x``: at least ``lam`` (float32 ``(B,)``) and ``index``.
 
         In ``batch`` mode ``lam`` holds one draw repeated; in ``elem`` mode each sample
-        draws its own and, with ``prob < 1``, skipped samples get ``lam = 1``.
+        draws its own and, with ``prob < 1``, skipped samples get ``lam = 1``. Mixers add
+        their own keys (CutMix ``lo``/``hi`` boxes, FMix masks, ...); a params dict can be
+        built by hand and passed to :meth:`apply_params` to force a draw (the parity tests
+        do this to compare with timm and torchvision).
         """
         batch, device = x.shape[0], x.device
         index = partner_index(batch, self.pairing, device=device, generator=generator)
