@@ -185,3 +185,11 @@ def test_slurm_launcher_config_composes_on_submitit():
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_missing_dataset_is_one_clear_error_and_no_run_folder(tmp_path):
+    result = cli(tmp_path, "experiment=cifar100_r18", "data.root=nowhere")
+    assert result.returncode == 2
+    assert "nowhere/cifar-100-python" in result.stderr and "data.download=true" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = _datamodule(cfg)
+    if not cfg.data.get("download", False):
+        datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
     mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)
     module = MixupClassifier(
         model=cfg.model.name,
@@ -210,7 +212,7 @@ class SweepTable(HydraCallback):
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         row = train(cfg)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:
         _remove_empty_tree(run_dir_of(cfg), stop=Path.cwd())  # Hydra made the run folder before we ran
         print(f"openmix-train: {error}", file=sys.stderr)
         raise SystemExit(2) from None
