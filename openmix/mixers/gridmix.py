@@ -13,6 +13,7 @@ from torch import Tensor
 
 from openmix.mixer import Mixer, Params, blend, gather_partner
 from openmix.registry import register
+from openmix.sampling import one_minus_outer
 
 __all__ = ["GridMix"]
 
@@ -107,7 +108,7 @@ class GridMix(Mixer):
             inside = (rel >= 0) & (rel < size[:, axis : axis + 1])
             hits.append((inside & (rel.remainder(cell[:, axis : axis + 1]) < hole[:, axis : axis + 1])).float())
         rows, cols = hits
-        mask = torch.addcmul(torch.ones((), device=x.device), rows[:, None, :, None], cols[:, None, None, :], value=-1.0)
+        mask = one_minus_outer(hits)
         kept = 1.0 - rows.sum(1) * cols.sum(1) / float(x.shape[2] * x.shape[3])
         batch = x.shape[0]
         mask = mask.expand(batch, *mask.shape[1:])

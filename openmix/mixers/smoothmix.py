@@ -9,7 +9,7 @@ from torch import Tensor
 
 from openmix.mixer import Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import partner_index
+from openmix.sampling import one_minus_outer, partner_index
 
 __all__ = ["SmoothMix"]
 
@@ -72,17 +72,7 @@ class SmoothMix(Mixer):
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        profiles = self._profiles(params, x.shape[2:])
-        d, n = len(profiles), profiles[0].shape[0]
-        axes = []
-        for axis, profile in enumerate(profiles):  # loop over the (at most 3) spatial axes
-            view = [n, 1] + [1] * d
-            view[2 + axis] = profile.shape[1]
-            axes.append(profile.view(view))
-        blob = axes[0]
-        for weights in axes[1:-1]:
-            blob = blob * weights
-        mask = 1.0 - blob if d == 1 else torch.addcmul(blob.new_ones(()), blob, axes[-1], value=-1.0)
+        mask = one_minus_outer(self._profiles(params, x.shape[2:]))
         mask = mask.expand(x.shape[0], *mask.shape[1:])  # batch mode: one mask for all
         return blend(x, gather_partner(x, params["index"]), mask), params["lam"], mask
 
