@@ -7,7 +7,7 @@ Usage::
 
 Rows are methods (a mixer and its alpha), columns the values of ``--columns`` (epoch
 budgets by default); a cell is the mean ± sample std over seeds. Runs of different
-(data, model) get one table each. ``--paper`` names a CSV in ``benchmarks/published/``
+(data, model) get one table each. ``--paper`` names a CSV shipped in ``openmix/published/`` (``benchmarks/published/`` in a checkout)
 (or gives a path to one) and puts the published value and ``ours - published`` beside
 each of our columns.
 """
@@ -42,7 +42,7 @@ __all__ = [
     "main",
 ]
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "published"
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "published"  # shipped inside the package
 COLUMN_KEYS = ("epochs", "data", "model")
 METRICS = ("top1_median10", "top1_final", "top1_best", "top5_final", "wall_time_s", "images_per_s")
 _GROUP_KEYS = ("data", "model", "epochs")
@@ -79,7 +79,7 @@ class Published:
 
 
 def available_papers() -> list[str]:
-    """Names of the published tables shipped in ``benchmarks/published/``.
+    """Names of the published tables shipped in ``openmix/published/``.
 
     Example:
         >>> "cifar100_r18" in available_papers()
