@@ -323,16 +323,46 @@ def test_datamodule_takes_device_rank_and_world_from_the_trainer():
     assert (loader.sampler.rank, loader.sampler.world_size, len(loader)) == (1, 4, 2)
 
 
+def test_dataloader_path_shards_by_rank_and_stays_a_distributed_sampler(tmp_path):
+    """Lightning keeps a DistributedSampler under DDP (use_distributed_sampler), so the order stays ours."""
+    files.write_imagefolder(tmp_path, per_class=4)
+    shards = []
+    for rank in (0, 1):
+        dm = build_datamodule("imagefolder", root=tmp_path, image_size=8, batch_size=2, num_workers=0)
+        dm.setup("fit")
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=rank,
+                                     world_size=2)
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, torch.utils.data.DistributedSampler) and (sampler.rank, len(sampler)) == (rank, 6)
+        shards.append({i for i, _ in sampler})
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 12
+
+
+def test_dataloader_path_batches_do_not_depend_on_the_workers(tmp_path):
+    files.write_imagefolder(tmp_path, per_class=3, size=12)
+    epochs = []
+    for workers in (0, 2):
+        dm = build_datamodule("imagefolder", root=tmp_path, image_size=8, batch_size=4, num_workers=workers)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        epochs.append([collect(loader) for _ in range(2)])
+    for (x0, y0), (x2, y2) in zip(epochs[0], epochs[1], strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert not torch.equal(epochs[0][0][0], epochs[0][1][0])  # each epoch its own order and crops
+
+
 # -- with a Lightning Trainer -------------------------------------------------------------------------
 class TinyClassifier(L.LightningModule):
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
         self.net = torch.nn.Linear(in_features, num_classes)
         self.seen: list[tuple[int, torch.Tensor]] = []
+        self.seen_x: list[tuple[int, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         self.seen.append((self.current_epoch, y.clone()))
+        self.seen_x.append((self.current_epoch, x.clone()))
         return F.cross_entropy(self.net(x.flatten(1)), y)
 
     def validation_step(self, batch, batch_idx):
@@ -369,6 +399,38 @@ def test_trainer_epochs_reshuffle_with_limited_batches():
     fit.fit(model, datamodule=dm)
     assert [epoch for epoch, _ in model.seen] == [0, 0, 1, 1]
     assert not torch.equal(model.seen[0][1], model.seen[2][1])
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "synthetic"])
+def test_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tmp_path, name):
+    """The DataLoader path (imagefolder) and the device path (synthetic) replay epoch 2 exactly after a resume."""
+    if name == "imagefolder":
+        files.write_imagefolder(tmp_path / "images", per_class=4, size=12)
+        kwargs = {"root": tmp_path / "images", "image_size": 8, "num_workers": 0}
+    else:
+        kwargs = {"num_samples": 12, "image_size": 8}
+
+    def fit(epochs: int, ckpt_path=None) -> tuple[TinyClassifier, L.Trainer]:
+        dm = build_datamodule(name, batch_size=4, seed=3, **kwargs)
+        model = TinyClassifier(3 * 8 * 8, dm.num_classes)
+        run = trainer(max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0)
+        run.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model, run
+
+    def epoch_batches(model: TinyClassifier, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = [x for e, x in model.seen_x if e == epoch]
+        ys = [y for e, y in model.seen if e == epoch]
+        return torch.cat(xs), torch.cat(ys)
+
+    straight, _ = fit(2)
+    _, first = fit(1)
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed, _ = fit(2, ckpt_path=tmp_path / "epoch1.ckpt")
+    assert [e for e, _ in resumed.seen] == [1, 1, 1]
+    x, y = epoch_batches(straight, 1)
+    x_resumed, y_resumed = epoch_batches(resumed, 1)
+    assert torch.equal(y, y_resumed) and torch.equal(x, x_resumed)
+    assert not torch.equal(epoch_batches(straight, 0)[0], x)  # epoch 2 is not a replay of epoch 1
 
 
 # -- Fashion-MNIST -------------------------------------------------------------------------------

@@ -10,20 +10,28 @@ through a DataLoader with per-sample torchvision transforms.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from openmix.checks import check_bool, check_int
-from openmix.data.device import DeviceLoader
+from openmix.data.device import DeviceLoader, ShardSampler, derive_seed
 
-__all__ = ["ImageDataModule", "TensorDataModule", "TensorImageDataset", "register_datamodule", "DATAMODULES"]
+__all__ = [
+    "ImageDataModule",
+    "TensorDataModule",
+    "TensorImageDataset",
+    "SeededDataset",
+    "EpochSampler",
+    "register_datamodule",
+    "DATAMODULES",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,9 +71,10 @@ class ImageDataModule(L.LightningDataModule):
         on_device: hold the train and val sets on the training device and augment there:
             ``True``, ``False`` or ``"auto"`` (on for the small in-memory sets). Only small sets.
         seed: seed of shuffling and augmentation; same seed, same batches. On the DataLoader
-            path it seeds the order and the workers' augmentation (with ``num_workers=0`` the
-            transforms draw from torch's global RNG; under DDP Lightning's sampler shuffles
-            with the global seed of ``seed_everything``).
+            path the order of an epoch comes from ``(seed, epoch)`` (:class:`EpochSampler`) and
+            each sample's augmentation from ``(seed, epoch, index)`` (:class:`SeededDataset`), so
+            the batches do not depend on ``num_workers`` and a resumed run sees what an
+            uninterrupted one would.
         pin_memory: pin DataLoader batches when a CUDA device is present.
     """
 
@@ -136,16 +145,25 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"call {type(self).__name__}.setup() before asking for a dataloader")
 
     # -- loaders --------------------------------------------------------------------------
+    def _placement(self) -> tuple[torch.device, int, int]:
+        """Training device, rank and world size (from the attached Trainer; CPU, 0, 1 without one)."""
+        if self.trainer is None:
+            return torch.device("cpu"), 0, 1
+        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        """A DataLoader; for training (``shuffle``) with an :class:`EpochSampler` on this rank's shard."""
+        sampler = None
+        if shuffle:
+            _, rank, world = self._placement()
+            sampler = EpochSampler(dataset, seed=self.seed, rank=rank, world_size=world)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            generator=generator,
         )
 
     def train_dataloader(self) -> Any:
@@ -171,7 +189,64 @@ class ImageDataModule(L.LightningDataModule):
         )
 
 
-class TensorImageDataset(Dataset):
+class SeededDataset(Dataset):
+    """A dataset whose random transforms can be replayed: ``dataset[(i, seed)]`` is sample ``i``
+    transformed with torch's CPU generator seeded from ``(seed, i)``; ``dataset[i]`` draws from
+    the generator as it is. Subclasses implement ``sample(i)``.
+
+    :class:`EpochSampler` yields such ``(i, seed)`` keys, one seed per epoch, so augmentation is
+    a function of the run's seed, the epoch and the index: the same in every worker layout and
+    after a resume. The generator's state is restored afterwards (it is the main process's own
+    generator when ``num_workers=0``).
+    """
+
+    def sample(self, i: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if not isinstance(key, tuple):
+            return self.sample(key)
+        i, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(derive_seed(seed, i))
+            return self.sample(i)
+
+
+class EpochSampler(DistributedSampler):
+    """The training order of the DataLoader path: this rank's share of one permutation per epoch.
+
+    The permutation of epoch ``e`` comes from ``(seed, e)``, as on the device path
+    (:class:`~openmix.data.device.ShardSampler`, which does the drawing): every rank draws the
+    same one and takes every ``world_size``-th entry, the remainder dropped so that all ranks take
+    the same number of steps. Each entry is a key ``(index, epoch seed)`` for a
+    :class:`SeededDataset`. Lightning calls ``set_epoch`` at each epoch start (a resumed run
+    included); without it, each iteration moves on to the next epoch. Being a
+    ``DistributedSampler``, it is kept as it is under DDP (Lightning replaces other samplers).
+
+    Example:
+        >>> sampler = EpochSampler(range(5), seed=0, rank=1, world_size=2)
+        >>> len(sampler), [i for i, _ in sampler] == [i for i, _ in EpochSampler(range(5), seed=0, rank=1,
+        ...                                                                      world_size=2)]
+        (2, True)
+    """
+
+    def __init__(self, dataset: Any, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self._shard = ShardSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size)
+
+    def __len__(self) -> int:
+        return len(self._shard)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self._shard.set_epoch(epoch)
+        seed = derive_seed(self.seed, epoch, 2)
+        keys = [(i, seed) for i in self._shard.indices().tolist()]
+        self.epoch = epoch + 1  # Lightning's set_epoch overrides this
+        return iter(keys)
+
+
+class TensorImageDataset(SeededDataset):
     """Samples of a uint8 ``(N, C, H, W)`` tensor through per-sample transforms (the DataLoader path).
 
     Example:
@@ -188,7 +263,7 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def sample(self, i: int) -> tuple[Tensor, int]:
         return self.transform(self.images[i]), int(self.labels[i])
 
 
@@ -200,9 +275,9 @@ class TensorDataModule(ImageDataModule):
     train crop. With ``on_device`` the loaders are :class:`DeviceLoader` on the Trainer's
     ``strategy.root_device`` (the CPU without a Trainer), sharded by ``trainer.global_rank`` and
     ``world_size``; otherwise DataLoaders with the same augmentation done per sample by
-    torchvision (``RandomCrop`` + ``RandomHorizontalFlip``), which Lightning shards itself.
-    Under DDP the device-path train shards drop the remainder (all ranks take the same number
-    of steps); the val shards keep every sample exactly once, so ranks may differ by one batch
+    torchvision (``RandomCrop`` + ``RandomHorizontalFlip``), the train split sharded by
+    :class:`EpochSampler` and the val split by Lightning. Under DDP the train shards of both
+    paths drop the remainder (all ranks take the same number of steps); the device-path val shards keep every sample exactly once, so ranks may differ by one batch
     (metrics reduced as sums, e.g. torchmetrics or ``self.log(sync_dist=True)``, stay exact).
     """
 
@@ -235,12 +310,6 @@ class TensorDataModule(ImageDataModule):
         return (train_x, train_y.long()), (val_x, val_y.long())
 
     # -- where the loaders run -----------------------------------------------------------
-    def _placement(self) -> tuple[torch.device, int, int]:
-        """Training device, rank and world size (from the attached Trainer; CPU, 0, 1 without one)."""
-        if self.trainer is None:
-            return torch.device("cpu"), 0, 1
-        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
-
     def _on(self, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (split, device)
         if key not in self._device_cache:  # copy once, keep for every epoch

@@ -9,11 +9,10 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
-from openmix.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, register_datamodule
+from openmix.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, SeededDataset, register_datamodule
 
 __all__ = ["FileImageDataset", "ImageFolderDataModule", "ImageNetDataModule", "read_rgb"]
 
@@ -26,8 +25,9 @@ def read_rgb(path: str | os.PathLike) -> Tensor:
         return v2.functional.pil_to_tensor(img.convert("RGB"))
 
 
-class FileImageDataset(Dataset):
-    """``(path, label)`` samples, each decoded to uint8 RGB and passed through ``transform``.
+class FileImageDataset(SeededDataset):
+    """``(path, label)`` samples, each decoded to uint8 RGB and passed through ``transform``
+    (replayable per sample, see :class:`~openmix.data.base.SeededDataset`).
 
     Args:
         samples: list of ``(path, label)``.
@@ -40,7 +40,7 @@ class FileImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def sample(self, i: int) -> tuple[Tensor, int]:
         path, label = self.samples[i]
         return self.transform(read_rgb(path)), label
 
