@@ -115,6 +115,44 @@ def test_callback_hands_mixed_batch_and_soft_targets_to_user_module():
     assert "training_step" not in vars(module)  # the module is restored after fit
 
 
+class RecordingModule(L.LightningModule):
+    """A user's own module: records the (mixed) inputs its training_step receives, per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_model()
+        self.received: list[tuple[int, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.received.append((self.current_epoch, x.detach().clone()))
+        return openmix.losses.soft_cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_checkpoints_its_mixer_so_a_resumed_run_draws_the_same(tmp_path):
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % NUM_CLASSES
+    data = DataLoader(TensorDataset(x, y), batch_size=4)  # a fixed order: only the mixer draws
+
+    def fit(epochs, ckpt_path=None):
+        module = RecordingModule()
+        callback = MixupCallback("cutmix", num_classes=NUM_CLASSES, seed=0, mode="elem")
+        t = trainer(max_epochs=epochs, callbacks=[callback])
+        t.fit(module, data, ckpt_path=ckpt_path)
+        return module, t
+
+    straight, _ = fit(2)
+    _, first = fit(1)
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed, _ = fit(2, tmp_path / "epoch1.ckpt")
+    second_epoch = [x for epoch, x in straight.received if epoch == 1]
+    assert [epoch for epoch, _ in resumed.received] == [1] * 4
+    for a, b in zip(second_epoch, [x for _, x in resumed.received], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_callback_rejects_non_input_mixers_and_vanilla():
     with pytest.raises(ValueError, match="input mixer"):
         MixupCallback("vanilla")

@@ -21,6 +21,8 @@ class MixupCallback(L.Callback):
     (same container type as your batch: tuple, list, or a dict with ``input_key`` and
     ``target_key``), so its only change is a loss that takes soft targets, such as
     :func:`openmix.losses.soft_cross_entropy`. Validation and test batches are untouched.
+    The mixer's state (its generators, and parameters if it has any) is saved in Lightning
+    checkpoints, so with a ``seed`` a resumed run draws what an uninterrupted one would.
 
     Args:
         mixer: an input mixer, a registry name or a config mapping.
@@ -47,6 +49,17 @@ class MixupCallback(L.Callback):
         self.mixer = built
         self.input_key, self.target_key = input_key, target_key
         self._original_step: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mixer=type(self.mixer).__name__, input_key=self.input_key,
+                                        target_key=self.target_key)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixer": self.mixer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.mixer.load_state_dict(state_dict["mixer"])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.mixer.to(pl_module.device)
