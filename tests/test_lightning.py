@@ -1,5 +1,7 @@
 """MixupClassifier, MixupCallback and the shared training step, on tiny in-memory data."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -76,6 +78,83 @@ def test_median10_is_logged_from_history():
     history = torch.tensor(module.val_top1_history)
     assert float(t.callback_metrics["val/top1_median10"]) == pytest.approx(float(history.median()), abs=1e-4) or \
         float(t.callback_metrics["val/top1_median10"]) == pytest.approx(float(history.sort().values[1]))
+
+
+class RecordLR(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_cosine_follows_max_steps_per_step():
+    """max_steps decides the length (max_epochs=-1): the cosine runs over the steps, not over one epoch."""
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
+                             optimizer={"name": "sgd", "lr": 0.1}, scheduler={"name": "cosine"})
+    lrs = RecordLR()
+    trainer(max_epochs=-1, max_steps=10, limit_val_batches=0, callbacks=[lrs]).fit(module, loaders()[0])  # 4 per epoch
+    assert lrs.lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+
+
+def test_cosine_over_max_epochs_moves_once_per_epoch_after_a_per_step_warmup():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
+                             optimizer={"name": "sgd", "lr": 0.1}, scheduler={"name": "cosine", "warmup_epochs": 1})
+    lrs = RecordLR()
+    trainer(max_epochs=3, limit_val_batches=0, callbacks=[lrs]).fit(module, loaders()[0])
+    warmup = [0.1 * (k + 1) / 5 for k in range(4)]  # 4 steps of warmup
+    assert lrs.lrs == pytest.approx(warmup + [0.1] * 4 + [0.05] * 4)  # then cosine over epochs 2 and 3
+
+
+def test_step_schedule_drops_at_milestone_epochs_even_when_max_steps_ends_the_run():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
+                             optimizer={"name": "sgd", "lr": 0.1}, scheduler={"name": "step", "milestones": [1, 2]})
+    lrs = RecordLR()
+    trainer(max_epochs=5, max_steps=10, limit_val_batches=0, callbacks=[lrs]).fit(module, loaders()[0])
+    assert lrs.lrs == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 2)
+
+
+class RecordValTop1(L.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics["val/top1"]))
+
+
+def test_history_counts_epochs_not_validations():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla")
+    train, val = loaders()
+    seen = RecordValTop1()
+    t = trainer(max_epochs=2, val_check_interval=0.5, callbacks=[seen])  # validates twice per epoch
+    t.fit(module, train, val)
+    assert len(seen.values) == 4
+    assert module.val_top1_history == pytest.approx([seen.values[1], seen.values[3]])  # each epoch's last
+    assert module.epoch_summary["epoch"] == 2 and module.epoch_summary["val_top1"] == pytest.approx(seen.values[3])
+    t.validate(module, val)  # an extra validation after training adds nothing
+    assert module.val_top1_history == pytest.approx([seen.values[1], seen.values[3]])
+    assert module.epoch_summary["epoch"] == 2
+
+
+@pytest.mark.parametrize("mixer, kwargs, message", [
+    (lambda: openmix.build("mixup", num_classes=NUM_CLASSES), {"label_smoothing": 0.1}, "label_smoothing=0.1"),
+    (lambda: openmix.build("mixup", num_classes=NUM_CLASSES), {"mix_seed": 3}, "mix_seed=3 but the mixer has seed=None"),
+    (lambda: openmix.build("mixup", num_classes=NUM_CLASSES, seed=1), {"mix_seed": 3}, "seed=1"),
+    (lambda: openmix.build("mixup", num_classes=7), {}, "num_classes=4 but the mixer has num_classes=7"),
+    (lambda: {"name": "cutmix", "seed": 5}, {"mix_seed": 0}, "mix_seed=0 but the mixer has seed=5"),
+    (lambda: {"name": "cutmix", "label_smoothing": 0.2}, {"label_smoothing": 0.1}, "label_smoothing=0.1"),
+])
+def test_mixer_settings_that_contradict_the_arguments_are_an_error(mixer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer=mixer(), **kwargs)
+
+
+def test_mixer_settings_that_agree_with_the_arguments_are_fine():
+    mixer = openmix.build("mixup", num_classes=NUM_CLASSES, seed=3, label_smoothing=0.1)
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer=mixer, mix_seed=3, label_smoothing=0.1)
+    assert module.mixer is mixer
+    assert MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer=mixer).mixer is mixer
 
 
 def test_unknown_optimizer_lists_choices():

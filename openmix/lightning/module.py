@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from openmix.losses import soft_cross_entropy
@@ -14,7 +16,7 @@ from openmix.mixer import Mixer
 from openmix.results import median_of_last
 from openmix.training import build_mixer, mix_step, mixed_accuracy
 
-__all__ = ["MixupClassifier"]
+__all__ = ["MixupClassifier", "LRSchedule"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
@@ -31,15 +33,21 @@ class MixupClassifier(L.LightningModule):
         mixer: a mixer, a registry name, a config mapping ``{"name": ..., **kwargs}``, or
             ``None``/``"vanilla"`` for no mixing.
         optimizer: ``{"name": "sgd"|"adamw", "lr", "weight_decay", "momentum", "nesterov", "betas"}``.
-        scheduler: ``{"name": "cosine"|"step"|"none", "warmup_epochs", "min_lr", "milestones", "gamma"}``;
-            stepped once per epoch.
+        scheduler: ``{"name": "cosine"|"step"|"none", "warmup_epochs" (or "warmup_steps"), "min_lr",
+            "milestones" (epochs), "gamma"}``; see :class:`LRSchedule` for how it follows the run's length.
         label_smoothing: passed to the mixer (and used for vanilla training).
         mix_seed: seed of the mixer's draws, offset per DDP rank by the mixer itself.
         channels_last: train in channels-last memory format.
 
+    A mixer given as an instance or a config keeps its own settings; ``num_classes``,
+    ``label_smoothing`` (when not 0) and ``mix_seed`` (when given) that disagree with them are a
+    ``ValueError``, not silently ignored.
+
     Logs ``train/loss``, ``train/top1`` (lam-weighted), ``val/loss``, ``val/top1``,
     ``val/top5`` and ``val/top1_median10`` (median top-1 of the last 10 epochs, the
-    metric OpenMixup publishes).
+    metric OpenMixup publishes). ``val_top1_history`` holds one top-1 per trained epoch: the
+    epoch's last validation during ``fit`` (several per epoch with ``val_check_interval < 1``);
+    sanity checks and ``trainer.validate`` add nothing.
 
     Example:
         >>> module = MixupClassifier("cifar_resnet18", num_classes=10, mixer={"name": "cutmix", "alpha": 0.2})
@@ -70,6 +78,7 @@ class MixupClassifier(L.LightningModule):
             model = create_model(model, num_classes=num_classes, in_chans=in_chans, **dict(model_kwargs or {}))
         self.model = model
         self.mixer = build_mixer(mixer, num_classes=num_classes, label_smoothing=label_smoothing, seed=mix_seed)
+        _check_mixer_agrees(self.mixer, num_classes, label_smoothing, mix_seed)
         self.optimizer_cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, **dict(optimizer or {})}
         self.scheduler_cfg = {"name": "cosine", **dict(scheduler or {})}
         _check_choice("optimizer name", self.optimizer_cfg["name"], OPTIMIZERS)
@@ -78,7 +87,8 @@ class MixupClassifier(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.val_top1_history: list[float] = []
+        self.val_top1_history: list[float] = []  # one per epoch
+        self._history_epoch = 0  # the epoch (1-based) of the last entry of val_top1_history
         self.epoch_summary: dict[str, Any] = {}  # the last validated epoch, for EpochMetricsCSV
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,6 +107,11 @@ class MixupClassifier(L.LightningModule):
         self._train_sums[0] += step.loss.detach() * x.shape[0]
         self._train_sums[1] += x.shape[0]
         return step.loss
+
+    def epoch_train_loss(self) -> float | None:
+        """Mean training loss of this process's batches of the current epoch so far (``None`` before any)."""
+        sums = getattr(self, "_train_sums", None)
+        return float(sums[0] / sums[1]) if sums is not None and float(sums[1]) else None
 
     def _criterion(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.ndim == 1:  # vanilla step with class ids
@@ -122,17 +137,22 @@ class MixupClassifier(L.LightningModule):
         top1_hits, top5_hits, loss_sum, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         top1, top5, loss = 100.0 * top1_hits / max(count, 1), 100.0 * top5_hits / max(count, 1), loss_sum / max(count, 1)
         self.log_dict({"val/top1": top1, "val/top5": top5, "val/loss": loss}, prog_bar=True)
-        if self.trainer.sanity_checking:
-            return
-        self.val_top1_history.append(top1)
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return  # only the validations of training epochs count
+        epoch = self.current_epoch + 1  # epochs completed, as a published "200 epochs" counts
+        if self._history_epoch == epoch:  # validated again in the same epoch: its last validation counts
+            self.val_top1_history[-1] = top1
+        else:
+            self.val_top1_history.append(top1)
+        self._history_epoch = epoch
         self.log("val/top1_median10", median_of_last(self.val_top1_history, 10))
-        train = getattr(self, "_train_sums", None)
+        train_loss = self.epoch_train_loss()
         self.epoch_summary = {
-            "epoch": self.current_epoch + 1,  # epochs completed, as a published "200 epochs" counts
+            "epoch": epoch,
             "val_top1": top1,
             "val_top5": top5,
             "val_loss": loss,
-            "train_loss": float(train[0] / train[1]) if train is not None and float(train[1]) else "",
+            "train_loss": "" if train_loss is None else train_loss,
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else "",
         }
 
@@ -152,33 +172,127 @@ class MixupClassifier(L.LightningModule):
                                   nesterov=bool(cfg.get("nesterov", False)))
         else:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(cfg.get("betas", (0.9, 0.999))))
-        sched = self._scheduler(opt)
-        return opt if sched is None else {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-    def _scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-        cfg = self.scheduler_cfg
-        epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer is not None else 1
-        warmup = int(cfg.get("warmup_epochs", 0))
-        if cfg["name"] == "none":
-            return None
-        if cfg["name"] == "step":
-            milestones = list(cfg.get("milestones", [epochs // 2, 3 * epochs // 4]))
-            gamma = float(cfg.get("gamma", 0.1))
-            factor = lambda e: gamma ** sum(e >= m for m in milestones)  # noqa: E731
-        else:
-            floor = float(cfg.get("min_lr", 0.0)) / float(self.optimizer_cfg["lr"])
-            span = max(epochs - warmup, 1)
-            factor = lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e - warmup, span) / span))  # noqa: E731
-        if warmup:
-            base = factor
-            factor = lambda e: (e + 1) / (warmup + 1) if e < warmup else base(e)  # noqa: E731
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        if self.scheduler_cfg["name"] == "none":
+            return opt
+        schedule = LRSchedule.for_trainer(self.trainer, self.scheduler_cfg, lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["openmix_val_top1_history"] = list(self.val_top1_history)
+        checkpoint["openmix_val_top1_epoch"] = self._history_epoch
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_top1_history = list(checkpoint.get("openmix_val_top1_history", []))
+        self._history_epoch = int(checkpoint.get("openmix_val_top1_epoch", len(self.val_top1_history)))
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning-rate factor of each optimizer step: linear warmup, then cosine or steps.
+
+    Warmup is per optimizer step: factor ``(k + 1) / (warmup_steps + 1)`` at step ``k``. After
+    it, when the run ends at an epoch boundary (``epochs`` set: ``max_epochs`` decides its
+    length), the schedule moves once per epoch as in OpenMixup's recipes: epoch ``e`` of ``E``
+    gets the cosine factor of ``(e - warmup epochs) / (E - warmup epochs)``, and a milestone
+    ``m`` takes effect at the first step of epoch ``m``. When ``max_steps`` ends the run first
+    (``epochs`` is ``None``), it moves every step, over ``total_steps``.
+
+    Args:
+        name: ``"cosine"`` or ``"step"``.
+        total_steps: optimizer steps of the whole run (Lightning's ``estimated_stepping_batches``).
+        steps_per_epoch: optimizer steps per epoch (``None`` when unknown: an iterable dataset).
+        epochs: the number of epochs when they decide the length, else ``None``.
+        warmup_steps: optimizer steps of linear warmup.
+        min_factor: the cosine's floor, ``min_lr / lr``.
+        milestones: epochs at which ``step`` multiplies the factor by ``gamma``; ``None``: at
+            1/2 and 3/4 of the run.
+        gamma: the ``step`` factor per milestone.
+
+    Example:
+        >>> cosine = LRSchedule("cosine", total_steps=8, steps_per_epoch=2, epochs=4)
+        >>> [round(cosine(k), 3) for k in range(8)]  # once per epoch
+        [1.0, 1.0, 0.854, 0.854, 0.5, 0.5, 0.146, 0.146]
+        >>> by_steps = LRSchedule("cosine", total_steps=4, steps_per_epoch=100, epochs=None, warmup_steps=1)
+        >>> [round(by_steps(k), 3) for k in range(4)]  # max_steps ended the run: every step
+        [0.5, 1.0, 0.75, 0.25]
+    """
+
+    name: str
+    total_steps: int
+    steps_per_epoch: int | None
+    epochs: int | None
+    warmup_steps: int = 0
+    min_factor: float = 0.0
+    milestones: tuple[float, ...] | None = None
+    gamma: float = 0.1
+
+    @classmethod
+    def for_trainer(cls, trainer: L.Trainer, cfg: Mapping[str, Any], lr: float) -> LRSchedule:
+        """The schedule ``cfg`` (see :class:`MixupClassifier`) over the run ``trainer`` is set up for."""
+        total = trainer.estimated_stepping_batches  # sets up the train data when max_epochs decides
+        if not math.isfinite(total):
+            raise ValueError(f"the {cfg['name']!r} lr schedule needs a finite run: set max_epochs or max_steps")
+        if trainer.train_dataloader is None:  # max_steps decides: Lightning did not need the data for the total
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        per_epoch = max(math.ceil(batches / trainer.accumulate_grad_batches), 1) if math.isfinite(batches) else None
+        max_epochs = trainer.max_epochs
+        epochs = max_epochs if per_epoch and max_epochs and max_epochs > 0 and total == per_epoch * max_epochs else None
+        if cfg.get("warmup_steps") is not None:
+            warmup = int(cfg["warmup_steps"])
+        elif float(cfg.get("warmup_epochs") or 0) > 0:
+            if per_epoch is None:
+                raise ValueError("warmup_epochs needs the number of batches per epoch; give warmup_steps instead")
+            warmup = round(float(cfg["warmup_epochs"]) * per_epoch)
+        else:
+            warmup = 0
+        milestones = cfg.get("milestones")
+        if milestones is not None and epochs is None and per_epoch is None:
+            raise ValueError("milestones (in epochs) need the number of batches per epoch")
+        return cls(
+            name=cfg["name"],
+            total_steps=int(total),
+            steps_per_epoch=per_epoch,
+            epochs=epochs,
+            warmup_steps=warmup,
+            min_factor=float(cfg.get("min_lr") or 0.0) / lr,
+            milestones=None if milestones is None else tuple(float(m) for m in milestones),
+            gamma=float(cfg.get("gamma", 0.1)),
+        )
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.epochs is not None:  # positions in epochs, moving once per epoch
+            position, length, start = step // self.steps_per_epoch, self.epochs, self.warmup_steps / self.steps_per_epoch
+            milestones = self.milestones
+        else:  # positions in steps
+            position, length, start = step, self.total_steps, self.warmup_steps
+            milestones = None if self.milestones is None else tuple(m * self.steps_per_epoch for m in self.milestones)
+        if self.name == "step":
+            milestones = (length // 2, 3 * length // 4) if milestones is None else milestones
+            return self.gamma ** sum(position >= m for m in milestones)
+        progress = min(max(position - start, 0) / max(length - start, 1), 1.0)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _check_mixer_agrees(mixer: Mixer | None, num_classes: int, label_smoothing: float, mix_seed: int | None) -> None:
+    """Raise if the mixer's own settings contradict the module's arguments."""
+    if mixer is None:
+        return
+    conflicts = []
+    if mixer.num_classes is not None and mixer.num_classes != num_classes:
+        conflicts.append(f"num_classes={num_classes!r} but the mixer has num_classes={mixer.num_classes!r}")
+    if label_smoothing and mixer.label_smoothing != label_smoothing:
+        conflicts.append(f"label_smoothing={label_smoothing!r} but the mixer has label_smoothing={mixer.label_smoothing!r}")
+    if mix_seed is not None and mixer.seed != mix_seed:
+        conflicts.append(f"mix_seed={mix_seed!r} but the mixer has seed={mixer.seed!r}")
+    if conflicts:
+        raise ValueError(
+            f"MixupClassifier got {'; '.join(conflicts)} ({mixer!r}); a mixer instance or config keeps its own "
+            "settings: set them on the mixer, or leave these arguments at their defaults"
+        )
 
 
 def _plain(value: Any) -> bool:
