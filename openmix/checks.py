@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["check_int", "check_bool", "check_number"]
@@ -29,22 +30,28 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_number(name: str, value: Any, *, low: float, high: float | None = None, high_open: bool = False) -> float:
-    """``value`` as a float if it lies in ``[low, high]`` (``[low, high)`` with ``high_open``).
+    """``value`` as a float if it is finite and lies in ``[low, high]`` (``[low, high)`` with ``high_open``).
 
     Raises:
         TypeError: not a number (bools are refused).
-        ValueError: outside the range, or NaN.
+        ValueError: outside the range, NaN or infinite.
 
     Example:
         >>> check_number("prob", 1.5, low=0.0, high=1.0)
         Traceback (most recent call last):
         ...
         ValueError: prob must be in [0.0, 1.0], got 1.5
+        >>> check_number("alpha", float("inf"), low=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be a finite number, got inf
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     too_high = high is not None and (value >= high if high_open else value > high)
-    if not value >= low or too_high:  # `not >=` also catches NaN
+    if value < low or too_high:
         bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return float(value)

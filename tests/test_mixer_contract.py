@@ -237,6 +237,18 @@ class TestBadInput:
         with pytest.raises(ValueError, match="alpha"):
             build(name, alpha=-0.1)
 
+    @pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+    def test_alpha_not_finite(self, name, alpha):
+        if "alpha" not in build(name)._repr_fields():
+            pytest.skip("mixer has no alpha")
+        with pytest.raises(ValueError, match="alpha"):
+            build(name, alpha=alpha)
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf")])
+    def test_label_smoothing_not_finite(self, name, value):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            build(name, label_smoothing=value)
+
     @pytest.mark.parametrize("prob", [-0.1, 1.5, float("nan")])
     def test_prob_outside_unit_interval(self, name, prob):
         with pytest.raises(ValueError, match="prob"):
