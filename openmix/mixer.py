@@ -1,14 +1,22 @@
 """The ``Mixer`` base class: the one interface every mixer implements.
 
 A call ``mixer(x, y)`` validates its inputs, turns labels into soft targets, draws its
-random parameters on ``x.device`` (:meth:`Mixer.sample_params`) and applies them
+random parameters (:meth:`Mixer.sample_params`) and applies them
 (:meth:`Mixer.apply_params`). Subclasses implement :meth:`Mixer.mix` and, where they
-draw more than ``lam`` and ``index``, extend :meth:`Mixer.sample_params`.
+draw more than ``lam`` and ``index``, extend :meth:`Mixer.draw_params`.
+
+Random streams: with ``seed`` set, call number ``n`` of a mixer on distributed rank
+``r`` draws from generators seeded with :func:`~openmix.sampling.stream_seed` of
+``(seed, r, stream, n)``: one stream for per-sample draws on the input's device, one
+for per-batch draws on the host. The only state is the call counter ``n``, saved in the
+module's ``state_dict`` (extra state), equal on every rank; so a checkpoint written by
+rank 0 resumes every rank on its own stream, exactly where an uninterrupted run would be.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import warnings
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -16,13 +24,24 @@ from torch import Tensor, nn
 
 from openmix.checks import check_number
 from openmix.output import MixOutput
-from openmix.sampling import PAIRINGS, beta, host_coin, partner_index
+from openmix.sampling import PAIRINGS, beta, host_beta, host_coin, partner_index, stream_seed
 from openmix.targets import mix_targets, soft_targets
 
-__all__ = ["Mixer", "blend", "gather_partner", "MODES"]
+__all__ = ["Mixer", "Draws", "blend", "gather_partner", "MODES"]
 
-Params = dict[str, Tensor]
+Params = dict[str, Any]  # tensors, and host numbers for per-batch draws
 MODES = ("batch", "elem")
+DEVICE_STREAM, HOST_STREAM = 0, 1
+_CPU = torch.device("cpu")
+
+
+class Draws(NamedTuple):
+    """The generators of one mixer call (``None``: torch's default generator of that device)."""
+
+    device: torch.Generator | None
+    """Per-sample draws, on the input's device."""
+    host: torch.Generator | None
+    """Per-batch draws (the ``prob`` coin, batch-mode ``lam``, one shared box): a CPU generator."""
 
 
 class Mixer(nn.Module):
@@ -36,8 +55,9 @@ class Mixer(nn.Module):
         prob: probability of mixing, per batch or per sample (see ``mode``).
         pairing: ``"random"`` permutation, ``"flip"`` (timm) or ``"roll"`` (torchvision).
         label_smoothing: applied to the targets before mixing.
-        seed: makes every draw repeatable; offset by the rank under
-            ``torch.distributed`` unless ``same_on_all_ranks``.
+        seed: makes every draw repeatable: call ``n`` draws from streams seeded by
+            ``(seed, rank, n)``, the rank under ``torch.distributed`` (0 otherwise, or
+            with ``same_on_all_ranks``).
         same_on_all_ranks: draw identically on every distributed rank.
 
     Subclasses set ``kind`` (``"input"``, ``"saliency"``, ``"feature"``, ``"learned"``) and
@@ -78,7 +98,9 @@ class Mixer(nn.Module):
         self.label_smoothing = float(label_smoothing)
         self.seed = seed
         self.same_on_all_ranks = same_on_all_ranks
-        self._generators: dict[Any, torch.Generator] = {}
+        self._calls = 0  # calls drawn so far: the state of the seeded streams
+        # per (stream, device): a generator and the (call, seed) it was last seeded for; reseeded every call
+        self._generators: dict[Any, tuple[torch.Generator, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------- public API
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
@@ -95,38 +117,64 @@ class Mixer(nn.Module):
         """
         self.check_inputs(x)
         y = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
-        device_gen = generator if generator is not None else self._generator(x.device)
-        if self.mode == "batch" and not host_coin(self.prob, self._host_generator(generator)):
-            return MixOutput.identity(x, y)
-        return self.apply_params(x, y, self.sample_params(x, generator=device_gen))
+        return self.apply_params(x, y, self.sample_params(x, generator=generator))
 
     def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        """Draw the random parameters for ``x``: at least ``lam`` (float32 ``(B,)``) and ``index``.
+        """Draw the random parameters of one call for ``x``: at least ``lam`` (float32 ``(B,)``) and ``index``.
 
-        In ``batch`` mode ``lam`` holds one draw repeated; in ``elem`` mode each sample
-        draws its own and, with ``prob < 1``, skipped samples get ``lam = 1``. Mixers add
-        their own keys (CutMix ``lo``/``hi`` boxes, FMix masks, ...); a params dict can be
-        built by hand and passed to :meth:`apply_params` to force a draw (the parity tests
-        do this to compare with timm and torchvision).
+        Without ``generator`` the draws come from the mixer's own streams when ``seed`` is
+        set (each call advances them, as a call of the mixer does), else from torch's
+        default generators. A ``generator`` on ``x.device`` is used for the per-sample
+        draws, and for the per-batch ones too when it is a CPU generator (otherwise those
+        come from the mixer's host stream, or torch's default CPU generator).
+
+        ``batch`` mode flips one ``prob`` coin for the batch: a skipped batch gives identity
+        params (``lam`` ones, ``index = arange(B)``, ``identity=True``), which
+        :meth:`apply_params` returns unmixed. Otherwise ``lam`` holds one draw repeated,
+        also given as the Python float ``batch_lam``: per-batch values are drawn on the
+        host, so that batch-mode mixing can use scalar and slice operations (mixers read
+        ``batch_lam`` and host-side boxes when present; hand-built params without them take
+        the general per-sample path). In ``elem`` mode each sample draws its own ``lam``
+        and, with ``prob < 1``, skipped samples get ``lam = 1``. Mixers add their own keys
+        (CutMix ``lo``/``hi`` boxes, FMix fields, ...); a params dict can be built by hand
+        and passed to :meth:`apply_params` to force a draw (the parity tests do this to
+        compare with timm and torchvision).
+        """
+        draws = self._draws(x.device, generator)
+        if self.mode == "batch" and not host_coin(self.prob, draws.host):
+            return identity_params(x)
+        return self.draw_params(x, draws)
+
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """The draws of a call that mixes, from the generators in ``draws``; subclasses extend it.
+
+        The base class draws ``index`` (on ``x.device``) and ``lam``: in ``batch`` mode one
+        host draw ``batch_lam``, filled into ``lam``; in ``elem`` mode one per sample on
+        ``x.device``, ``1`` where the per-sample ``prob`` coin skips the sample.
         """
         batch, device = x.shape[0], x.device
-        index = partner_index(batch, self.pairing, device=device, generator=generator)
+        index = partner_index(batch, self.pairing, device=device, generator=draws.device)
         if self.mode == "batch":
-            lam = beta(self.alpha, 1, device=device, generator=generator).expand(batch)
-        else:
-            lam = beta(self.alpha, batch, device=device, generator=generator)
-            if self.prob < 1.0:
-                keep = torch.rand(batch, device=device, generator=generator) >= self.prob
-                lam = lam.masked_fill(keep, 1.0)
+            lam = host_beta(self.alpha, draws.host)
+            return {"lam": torch.full((batch,), lam, device=device), "index": index, "batch_lam": lam}
+        lam = beta(self.alpha, batch, device=device, generator=draws.device)
+        if self.prob < 1.0:
+            keep = torch.rand(batch, device=device, generator=draws.device) >= self.prob
+            lam = lam.masked_fill_(keep, 1.0)
         return {"lam": lam, "index": index}
 
     def apply_params(self, x: Tensor, y: Tensor, params: Params) -> MixOutput:
         """Deterministic part of a call: mix ``x`` and soft targets ``y`` ``(B, C)`` with ``params``."""
+        if params.get("identity", False):
+            return MixOutput.identity(x, y)
         mixed, lam, mask = self.mix(x, params)
         return MixOutput(x=mixed, y=mix_targets(y, params["index"], lam), lam=lam, index=params["index"], mask=mask)
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Return ``(mixed x, lam actually used (B,), mask or None)``. Implemented by each mixer."""
+        """Return ``(mixed x, lam actually used (B,), mask or None)``. Implemented by each mixer.
+
+        ``mask`` may be an expanded ``(B, 1, *spatial)`` view of one ``(1, 1, *spatial)`` mask.
+        """
         raise NotImplementedError
 
     def check_inputs(self, x: Tensor) -> None:
@@ -148,42 +196,77 @@ class Mixer(nn.Module):
 
     # ------------------------------------------------------------- checkpointing
     def get_extra_state(self) -> dict[str, Any]:
-        """Generator states, so a resumed run draws what an uninterrupted one would."""
-        return {"generators": {repr(k): g.get_state() for k, g in self._generators.items()}}
+        """The call counter: the whole state of the seeded streams (the same on every rank)."""
+        return {"calls": self._calls}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self._generators = {}
-        self._pending_states = dict(state.get("generators", {}))
+        if "calls" in state:
+            self._calls = int(state["calls"])
+        else:  # checkpoints before the call counter stored generator states
+            warnings.warn(
+                f"{type(self).__name__}: the checkpoint holds no call counter (an older openmix); "
+                "its random streams restart from the first call",
+                stacklevel=2,
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_generators"] = {}  # a cache: generators are re-made and reseeded on the next call
+        return state
 
     # ------------------------------------------------------------------ internals
-    def _new_generator(self, key: Any, device: torch.device, seed: int) -> torch.Generator:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        pending = getattr(self, "_pending_states", {})
-        if repr(key) in pending:
-            generator.set_state(pending.pop(repr(key)))
-        self._generators[key] = generator
+    def _draws(self, device: torch.device, generator: torch.Generator | None = None, *, host_only: bool = False) -> Draws:
+        """The generators of one call, and one step of the call counter.
+
+        Seeded streams are reseeded from ``(seed, rank, stream, call)`` at every call
+        (``manual_seed`` is host-side on every device), so they need no saved state.
+        ``host_only`` leaves the device stream out (``Draws.device`` is then ``None``).
+        """
+        call = self._calls
+        self._calls = call + 1
+        seeded = self.seed is not None
+        if generator is not None:
+            if generator.device.type == "cpu":
+                return Draws(generator, generator)
+            return Draws(generator, self._seeded(_CPU, HOST_STREAM, call) if seeded else None)
+        if not seeded:
+            return Draws(None, None)
+        host = self._seeded(_CPU, HOST_STREAM, call)
+        return Draws(None if host_only else self._seeded(device, DEVICE_STREAM, call), host)
+
+    def _seeded(self, device: torch.device, stream: int, call: int) -> torch.Generator:
+        """The generator of ``stream`` on ``device``, seeded for ``call`` (once: a second request
+        within the same call continues it)."""
+        key = (stream, device.type, device.index)
+        seed = stream_seed(int(self.seed), self._rank(), stream, call)
+        cached = self._generators.get(key)
+        if cached is not None and cached[1] == (call, seed):
+            return cached[0]
+        generator = cached[0] if cached is not None else torch.Generator(device=device)
+        self._generators[key] = (generator.manual_seed(seed), (call, seed))
         return generator
 
-    def _rank_seed(self) -> int:
-        rank = dist.get_rank() if (not self.same_on_all_ranks and dist.is_available() and dist.is_initialized()) else 0
-        return int(self.seed) + 1_000_003 * rank
-
     def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        key = (device.type, device.index)
-        if key in self._generators:
-            return self._generators[key]
-        return self._new_generator(key, device, self._rank_seed())
+        """The seeded device stream of the coming call (``None`` without ``seed``).
 
-    def _host_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
+        For subclasses that draw outside :meth:`draw_params`; the next :meth:`sample_params`
+        continues this generator rather than reseeding it.
+        """
+        return None if self.seed is None else self._seeded(device, DEVICE_STREAM, self._calls)
+
+    def _host_generator(self, generator: torch.Generator | None = None) -> torch.Generator | None:
+        """The host stream of the coming call: ``generator`` itself when it is a CPU generator,
+        else the seeded host stream (``None`` without ``seed``: torch's default CPU generator)."""
         if generator is not None and generator.device.type == "cpu":
             return generator
-        if self.seed is None:
-            return None
-        if "host" in self._generators:
-            return self._generators["host"]
-        return self._new_generator("host", torch.device("cpu"), self._rank_seed() ^ 0x5EED)
+        return None if self.seed is None else self._seeded(_CPU, HOST_STREAM, self._calls)
+
+    def _rank(self) -> int:
+        """This process's rank under ``torch.distributed``, or 0 (also with ``same_on_all_ranks``)."""
+        if self.same_on_all_ranks or not (dist.is_available() and dist.is_initialized()):
+            return 0
+        return dist.get_rank()
 
     def _repr_fields(self) -> dict[str, Any]:
         """Constructor arguments shown by ``repr``; subclasses add their own."""
@@ -202,6 +285,16 @@ class Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+
+
+def identity_params(x: Tensor) -> Params:
+    """Params of a call that does not mix: ``lam`` ones, every sample its own partner."""
+    batch = x.shape[0]
+    return {
+        "lam": torch.ones(batch, device=x.device),
+        "index": torch.arange(batch, device=x.device),
+        "identity": True,
+    }
 
 
 def blend(x: Tensor, partner: Tensor, weight: Tensor) -> Tensor:

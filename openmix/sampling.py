@@ -1,18 +1,36 @@
-"""Random draws for mixers: lambda, partners, boxes. All on the input's device, batched.
+"""Random draws for mixers: lambda, partners, boxes, and the seeds of a mixer's streams.
 
-Every function takes an optional ``torch.Generator`` that lives on ``device``; none of
-them moves data between host and device or loops over the batch.
+Per-sample draws happen on the input's device, batched: every such function takes an
+optional ``torch.Generator`` that lives on ``device``; none of them moves data between
+host and device or loops over the batch. Per-batch draws (``host_*``) happen on the host
+with a CPU generator and return Python numbers, so batch mode can use scalar and slice
+operations without waiting on an accelerator.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["beta", "uniform", "partner_index", "host_coin", "random_boxes", "boxes_at", "box_mask", "one_minus_outer", "PAIRINGS"]
+__all__ = [
+    "beta",
+    "uniform",
+    "partner_index",
+    "host_coin",
+    "host_beta",
+    "host_uniform",
+    "host_box",
+    "random_boxes",
+    "boxes_at",
+    "box_mask",
+    "one_minus_outer",
+    "stream_seed",
+    "PAIRINGS",
+]
 
 Pairing = Literal["random", "flip", "roll"]
 PAIRINGS: tuple[str, ...] = ("random", "flip", "roll")
@@ -87,7 +105,60 @@ def host_coin(prob: float, generator: torch.Generator | None = None) -> bool:
         return True
     if prob <= 0.0:
         return False
-    return bool(torch.rand((), generator=generator) < prob)
+    return torch.rand((), generator=generator).item() < prob
+
+
+def host_beta(alpha: float, generator: torch.Generator | None = None) -> float:
+    """One ``Beta(alpha, alpha)`` draw on the host, as a Python float; ``alpha == 0`` gives 1.
+
+    Same distribution as :func:`beta` (log-space draws for small ``alpha``). ``generator``
+    must be a CPU generator (or ``None`` for the global CPU RNG).
+
+    Example:
+        >>> 0.0 <= host_beta(1.0, torch.Generator().manual_seed(0)) <= 1.0
+        True
+    """
+    if alpha == 0:
+        return 1.0
+    return beta(alpha, 1, generator=generator).item()
+
+
+def host_uniform(n: int, generator: torch.Generator | None = None) -> list[float]:
+    """``n`` host draws from ``U[0, 1)`` as Python floats (one CPU call for all of them).
+
+    Example:
+        >>> len(host_uniform(3, torch.Generator().manual_seed(0)))
+        3
+    """
+    return torch.rand(n, generator=generator).tolist()
+
+
+def host_box(
+    lam: float, spatial: Sequence[int], generator: torch.Generator | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One CutMix box on the host: the geometry of :func:`boxes_at` with a uniform integer centre.
+
+    Side ``cut = int(size * (1 - lam) ** (1 / d))`` per axis, centre ``c`` uniform over the
+    pixels, box ``[c - cut // 2, c - cut // 2 + cut)`` clipped to the image (timm's
+    ``rand_bbox``), in float64 as timm computes it.
+
+    Returns:
+        ``(lo, hi)``: one int per spatial axis (``lo`` inclusive, ``hi`` exclusive).
+
+    Example:
+        >>> lo, hi = host_box(0.75, (8, 8), torch.Generator().manual_seed(0))
+        >>> [h - l for l, h in zip(lo, hi)] in ([4, 4], [4, 3], [3, 4], [3, 3], [2, 4], [4, 2], [2, 3], [3, 2], [2, 2])
+        True
+    """
+    rest, d = max(1.0 - lam, 0.0), len(spatial)
+    ratio = math.sqrt(rest) if d == 2 else rest ** (1.0 / d)  # timm's np.sqrt, bit for bit, in 2-D
+    lo, hi = [], []
+    for size, u in zip(spatial, host_uniform(len(spatial), generator)):
+        cut = int(size * ratio)
+        start = min(int(u * size), size - 1) - cut // 2
+        lo.append(max(start, 0))
+        hi.append(min(start + cut, size))
+    return tuple(lo), tuple(hi)
 
 
 def random_boxes(
@@ -102,7 +173,8 @@ def random_boxes(
     Args:
         lam: float ``(B,)`` target weight of the original.
         spatial: the ``d`` spatial sizes, e.g. ``(H, W)``.
-        shared: one centre for the whole batch (batch mode) instead of one per sample.
+        shared: one centre for the whole batch instead of one per sample (CutMix's batch
+            mode draws its one box on the host instead, with :func:`host_box`).
 
     Returns:
         ``(lo, hi)``: int64 ``(B, d)`` box bounds (``lo`` inclusive, ``hi`` exclusive).
@@ -178,3 +250,41 @@ def one_minus_outer(profiles: Sequence[Tensor]) -> Tensor:
     for view in views[1:]:
         product = product * view
     return (1.0 - product) if d == 1 else product.neg_().add_(1.0)  # a broadcast addcmul is ~2.5x slower on CPU
+
+
+# ------------------------------------------------------------------ stream seeds
+_M32 = 0xFFFFFFFF
+_M64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser: a bijection of 64-bit integers in which every input bit moves every output bit."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix32(z: int) -> int:
+    """murmur3's ``fmix32``: a bijection of 32-bit integers with the same mixing property."""
+    z ^= z >> 16
+    z = (z * 0x85EBCA6B) & _M32
+    z ^= z >> 13
+    z = (z * 0xC2B2AE35) & _M32
+    return z ^ (z >> 16)
+
+
+def stream_seed(seed: int, rank: int, stream: int, call: int) -> int:
+    """Seed of draw number ``call`` of a mixer's ``stream`` on distributed ``rank``.
+
+    A pure function of its arguments, so a run resumed from ``call`` alone (the same on
+    every rank) re-derives each rank's own draws. For fixed ``(seed, rank, stream)`` the
+    map ``call -> seed`` is a bijection of 32-bit integers: a rank never repeats a seed
+    within ``2**32`` calls. Seeds are 32-bit because torch's CPU Mersenne Twister keeps
+    only the low 32 bits of a seed; streams of different ranks are unrelated.
+
+    Example:
+        >>> stream_seed(0, 0, 0, 1) == stream_seed(0, 0, 0, 1), stream_seed(0, 0, 0, 1) == stream_seed(0, 1, 0, 1)
+        (True, False)
+    """
+    base = _mix64(_mix64(seed & _M64) ^ ((rank & _M32) << 8 | (stream & 0xFF)))
+    return _mix32((base + call) & _M32)

@@ -58,15 +58,21 @@ def soft_targets(
     raise ValueError(f"labels must be class ids (B,) or soft targets (B, C), got shape {tuple(y.shape)}")
 
 
-def mix_targets(y: Tensor, index: Tensor, lam: Tensor) -> Tensor:
-    """``lam * y + (1 - lam) * y[index]`` row-wise; ``y`` is ``(B, C)``, ``lam`` and ``index`` are ``(B,)``.
+def mix_targets(y: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
+    """``lam * y + (1 - lam) * y[index]`` row-wise; ``y`` is ``(B, C)``, ``index`` ``(B,)``.
+
+    ``lam`` is ``(B,)``, or one Python float for the whole batch (a scalar ``lerp``).
 
     Example:
         >>> mix_targets(torch.eye(2), torch.tensor([1, 0]), torch.tensor([0.75, 0.5]))
         tensor([[0.7500, 0.2500],
                 [0.5000, 0.5000]])
+        >>> mix_targets(torch.eye(2), torch.tensor([1, 0]), 0.75)
+        tensor([[0.7500, 0.2500],
+                [0.2500, 0.7500]])
     """
-    return torch.lerp(y, y.index_select(0, index), (1.0 - lam).to(y.dtype).unsqueeze(1))
+    weight = (1.0 - lam).to(y.dtype).unsqueeze(1) if isinstance(lam, Tensor) else 1.0 - lam
+    return torch.lerp(y, y.index_select(0, index), weight)
 
 
 def _check_range(y: Tensor, num_classes: int) -> None:

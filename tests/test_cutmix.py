@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+
+import numpy as np
 import pytest
+import timm.data.mixup as timm_mixup
 import torch
+from scipy.stats import chi2_contingency
 
 import openmix
 
@@ -199,3 +204,75 @@ def test_prob_skipped_elements_get_no_box():
     skipped = out.lam == 1
     assert 5 < int(skipped.sum()) < 59
     assert bool((out.mask[skipped] == 1).all())
+
+
+# ------------------------------------------------ box positions against timm's rand_bbox
+def timm_boxes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """``n`` boxes ``(lo_y, hi_y, lo_x, hi_x)`` from timm's ``rand_bbox``, one per ``Beta(1, 1)`` lam."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        lam = np.random.beta(1.0, 1.0, n)
+        return np.array([timm_mixup.rand_bbox(size, float(v)) for v in lam])
+    finally:
+        np.random.set_state(state)
+
+
+def same_distribution(ours, theirs, min_count: int = 10) -> float:
+    """p-value of a chi-square test that two samples of integers share one distribution.
+
+    Values seen fewer than ``min_count`` times in both samples together are pooled.
+    """
+    a, b = collections.Counter(ours), collections.Counter(theirs)
+    table, rare = [], [0, 0]
+    for value in sorted(set(a) | set(b)):
+        if a[value] + b[value] >= min_count:
+            table.append([a[value], b[value]])
+        else:
+            rare[0] += a[value]
+            rare[1] += b[value]
+    if sum(rare):
+        table.append(rare)
+    return chi2_contingency(np.array(table).T).pvalue
+
+
+def bounds(lo: torch.Tensor, hi: torch.Tensor) -> list[list[int]]:
+    """Columns ``lo_y, hi_y, lo_x, hi_x`` as in ``rand_bbox``."""
+    return [lo[:, 0].tolist(), hi[:, 0].tolist(), lo[:, 1].tolist(), hi[:, 1].tolist()]
+
+
+def test_elem_boxes_each_have_their_own_position():
+    """One batch of per-sample boxes: centres vary within the batch and bounds follow timm's per-sample boxes."""
+    n, size = 4000, (24, 24)
+    params = cutmix(mode="elem", correct_lam=False, seed=21).sample_params(torch.empty(n, 1, *size))
+    lo, hi = params["lo"], params["hi"]
+    inside = ((lo > 0) & (hi < 24)).all(1)  # unclipped: floor((lo + hi) / 2) is the drawn centre
+    centres = ((lo + hi) // 2)[inside]
+    assert int(inside.sum()) > 500
+    assert len(set(map(tuple, centres.tolist()))) > 200 and bool((centres.float().var(0) > 10).all())
+    theirs = timm_boxes(n, size, seed=22)
+    for axis, ours in enumerate(bounds(lo, hi)):
+        assert same_distribution(ours, theirs[:, axis].tolist()) > 1e-3, ("lo_y", "hi_y", "lo_x", "hi_x")[axis]
+
+
+def test_batch_boxes_are_one_per_call_and_follow_timm():
+    """Batch mode: one shared box per call (drawn on the host), distributed over calls as timm's batch box."""
+    mixer = cutmix(mode="batch", correct_lam=False, seed=23)
+    x = torch.empty(2, 1, 24, 24)
+    los, his = [], []
+    for _ in range(3000):
+        params = mixer.sample_params(x)
+        assert params["lo"].shape == params["hi"].shape == (1, 2)
+        los.append(params["lo"])
+        his.append(params["hi"])
+    theirs = timm_boxes(3000, (24, 24), seed=24)
+    for axis, ours in enumerate(bounds(torch.cat(los), torch.cat(his))):
+        assert same_distribution(ours, theirs[:, axis].tolist()) > 1e-3, ("lo_y", "hi_y", "lo_x", "hi_x")[axis]
+
+
+def test_a_shared_centre_would_fail_the_comparison():
+    """The check above has power: boxes around one centre for the whole batch are told apart from timm's."""
+    lam = openmix.sampling.beta(1.0, 4000, generator=torch.Generator().manual_seed(25))
+    lo, hi = openmix.sampling.random_boxes(lam, (24, 24), shared=True, generator=torch.Generator().manual_seed(26))
+    theirs = timm_boxes(4000, (24, 24), seed=27)
+    assert min(same_distribution(ours, theirs[:, a].tolist()) for a, ours in enumerate(bounds(lo, hi))) < 1e-6

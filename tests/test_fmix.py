@@ -125,3 +125,38 @@ def test_repr_shows_fmix_arguments():
 def test_bad_arguments(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
         openmix.build("fmix", **kwargs)
+
+
+# ------------------------------------------- the field's distribution (see fourier_field's docstring)
+def reflected(field: torch.Tensor) -> torch.Tensor:
+    """``f(-n mod size)`` of ``(n, H, W)`` fields: the half-turn under which the official FMix fields are even."""
+    return torch.roll(torch.flip(field, (1, 2)), (1, 1), (1, 2))
+
+
+def test_fields_have_no_half_turn_symmetry():
+    """The official code's real spectrum gives ``f(n) = f(-n)`` exactly (correlation 1, symmetric masks);
+    openmix's random phases do not: only the constant term is symmetric."""
+    field = fourier_field(400, (32, 32), generator=torch.Generator().manual_seed(0)).double()
+    field = field - field.mean((1, 2), keepdim=True)
+    corr = (field * reflected(field)).sum((1, 2)) / field.square().sum((1, 2))
+    assert abs(float(corr.mean())) < 0.1 and float(corr.min()) < -0.5
+    masks = binarise(field.float(), torch.full((400,), 0.5))
+    agree = (masks == reflected(masks)).flatten(1).float().mean(1)  # 1.0 for every official mask
+    assert float(agree.mean()) < 0.75
+
+
+def test_fields_are_stationary():
+    """Every pixel has the same distribution; official fields vary twice as much at ``n = 0`` and ``n = size / 2``."""
+    field = fourier_field(4000, (16, 16), generator=torch.Generator().manual_seed(1)).double()
+    var = field.var(0)
+    for pixel in [(0, 0), (8, 8), (0, 8), (5, 11)]:
+        assert float(var[pixel] / var.mean()) == pytest.approx(1.0, abs=0.12), pixel
+
+
+def test_masks_are_as_rough_along_the_width_as_along_the_height():
+    """Isotropic decay; the official masks are rougher along the last axis (its coefficients get half their frequency's decay)."""
+    out, _ = draw("elem", shape=(400, 1, 64, 64), seed=4)
+    mask = out.mask[:, 0]
+    vertical = float((mask[:, 1:] == mask[:, :-1]).float().mean())
+    horizontal = float((mask[:, :, 1:] == mask[:, :, :-1]).float().mean())
+    assert vertical == pytest.approx(horizontal, abs=0.01)

@@ -107,6 +107,20 @@ def test_bilinear_keeps_dtype_and_channels_last(dtype):
     assert out.x.dtype == dtype and out.x.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bilinear_low_precision_is_the_float32_result_rounded(mode, dtype):
+    """Resampling runs in float32: a half-precision batch gets the float32 result of the same pixels, cast."""
+    mixer = openmix.build("resizemix", num_classes=5, mode=mode, interpolation="bilinear", scope=(0.3, 0.8))
+    x = (torch.rand(8, 3, 24, 24) * 4 - 2).to(dtype)
+    y = torch.eye(5)[torch.arange(8) % 5]
+    params = mixer.sample_params(x, torch.Generator().manual_seed(3))
+    low = mixer.apply_params(x, y, params).x
+    reference = mixer.apply_params(x.float(), y, params).x
+    assert low.dtype == dtype and bool(torch.isfinite(low).all())
+    torch.testing.assert_close(low, reference.to(dtype), rtol=0, atol=0)
+
+
 def test_repr_leaves_out_unused_alpha():
     assert "alpha" not in repr(openmix.build("resizemix"))
     text = repr(openmix.build("resizemix", use_alpha=True, alpha=0.5, interpolation="bilinear"))

@@ -7,11 +7,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import _sizes, box_mask, random_boxes
+from openmix.sampling import _sizes, box_mask, host_box, host_uniform, random_boxes
 
-__all__ = ["CutMix", "paste_boxes"]
+__all__ = ["CutMix", "paste_boxes", "paste_box"]
 
 
 @register("cutmix")
@@ -19,9 +19,11 @@ class CutMix(Mixer):
     """Replace a box of each sample with the same box of its partner.
 
     Box sides are ``(1 - lam) ** (1/d)`` of the ``d`` image sides (square in 2-D), the
-    centre is uniform and the box is clipped at the border. With ``correct_lam`` (the
-    default) ``lam`` becomes the area actually kept, so targets match the pixels.
-    Works on 1-D, 2-D and 3-D inputs.
+    centre is uniform over the pixels and the box is clipped at the border (timm's
+    ``rand_bbox``). With ``correct_lam`` (the default) ``lam`` becomes the area actually
+    kept, so targets match the pixels. ``mode="batch"`` draws one ``lam`` and one box on
+    the host and pastes it as a slice, as timm does; ``mode="elem"`` draws a ``lam`` and a
+    box position per sample on the input's device. Works on 1-D, 2-D and 3-D inputs.
 
     Args:
         minmax: timm's ``cutmix_minmax``: each box side uniform in
@@ -55,15 +57,35 @@ class CutMix(Mixer):
         self.minmax = minmax
         self.correct_lam = correct_lam
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        """Adds ``lo``/``hi``: int64 box bounds ``(1, d)`` in batch mode (one shared box) or ``(B, d)``."""
-        params = super().sample_params(x, generator)
-        lam = params["lam"][:1] if self.mode == "batch" else params["lam"]
-        if self.minmax is None:
-            params["lo"], params["hi"] = random_boxes(lam, x.shape[2:], shared=True, generator=generator)
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Adds ``lo``/``hi``: int64 box bounds, ``(1, d)`` CPU tensors in batch mode (one box drawn on
+        the host, pasted as a slice) or ``(B, d)`` on ``x.device`` in elem mode (one box per sample)."""
+        params = super().draw_params(x, draws)
+        spatial = x.shape[2:]
+        if self.mode == "batch":
+            if self.minmax is None:
+                lo, hi = host_box(params["batch_lam"], spatial, draws.host)
+            else:
+                lo, hi = self._host_minmax_box(spatial, draws.host)
+            params["lo"], params["hi"] = torch.tensor([lo]), torch.tensor([hi])
+        elif self.minmax is None:
+            params["lo"], params["hi"] = random_boxes(params["lam"], spatial, generator=draws.device)
         else:
-            params["lo"], params["hi"] = self._minmax_boxes(lam, x.shape[2:], generator)
+            params["lo"], params["hi"] = self._minmax_boxes(params["lam"], spatial, draws.device)
         return params
+
+    def _host_minmax_box(self, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[list[int], list[int]]:
+        """timm's ``cutmix_minmax`` box on the host: sides in ``[floor(min * size), floor(max * size))``, inside."""
+        d = len(spatial)
+        draws = host_uniform(2 * d, generator)
+        lo, hi = [], []
+        for axis, size in enumerate(spatial):
+            low, high = int(size * self.minmax[0]), int(size * self.minmax[1])
+            cut = int(low + draws[axis] * (high - low))
+            start = int(draws[d + axis] * (size - cut + 1))
+            lo.append(start)
+            hi.append(start + cut)
+        return lo, hi
 
     def _minmax_boxes(self, lam: Tensor, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         sizes = _sizes(tuple(spatial), lam.device)
@@ -75,9 +97,15 @@ class CutMix(Mixer):
         return lo.long(), (lo + cut).long()
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        mixed, kept, mask = paste_boxes(x, params["index"], params["lo"], params["hi"])
-        honest = self.correct_lam or self.minmax is not None
-        return mixed, kept if honest else params["lam"].expand(x.shape[0]), mask
+        lo, hi, index = params["lo"], params["hi"], params["index"]
+        if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one box known on the host
+            mixed, kept, mask = paste_box(x, index, lo[0].tolist(), hi[0].tolist())
+            kept = torch.full((x.shape[0],), kept, device=x.device)
+        else:
+            mixed, kept, mask = paste_boxes(x, index, lo, hi)
+        if self.correct_lam or self.minmax is not None:
+            return mixed, kept, mask
+        return mixed, params["lam"].expand(x.shape[0]), mask
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
@@ -86,6 +114,36 @@ class CutMix(Mixer):
         if not self.correct_lam:
             fields["correct_lam"] = False
         return fields
+
+
+def paste_box(x: Tensor, index: Tensor, lo: Sequence[int], hi: Sequence[int]) -> tuple[Tensor, float, Tensor]:
+    """Paste one box ``[lo, hi)`` (host ints, one per spatial axis) of each sample's partner into a copy of ``x``.
+
+    A copy of ``x`` (its memory format kept) and one slice assignment of the partners'
+    box, as timm's batch mode: no per-pixel blend, no device round trip.
+
+    Returns:
+        ``(mixed, lam, mask)``: mixed ``x``; the kept area ``lam`` as a Python float; the
+        original's weight ``mask``, an expanded ``(B, 1, *spatial)`` view of one mask.
+
+    Example:
+        >>> x = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+        >>> mixed, lam, _ = paste_box(x, torch.tensor([1, 0]), [0, 0], [1, 2])
+        >>> mixed[0, 0], lam
+        (tensor([[1., 1.],
+                [0., 0.]]), 0.5)
+    """
+    batch, spatial = x.shape[0], x.shape[2:]
+    box = (slice(None), slice(None)) + tuple(slice(a, max(a, b)) for a, b in zip(lo, hi))
+    area = 1
+    for a, b in zip(lo, hi):
+        area *= max(b - a, 0)
+    mixed = x.clone()
+    mask = torch.ones((1, 1, *spatial), device=x.device)
+    if area:
+        mixed[box] = x[box].index_select(0, index)
+        mask[box] = 0.0
+    return mixed, 1.0 - area / spatial.numel(), mask.expand(batch, *mask.shape[1:])
 
 
 def paste_boxes(x: Tensor, index: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,13 +5,14 @@ Official code: https://github.com/ecs-vlc/FMix (``fmix.py``; OpenMixup copies it
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from openmix.checks import check_number
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
 
 __all__ = ["FMix", "fourier_field", "binarise"]
@@ -29,9 +30,11 @@ class FMix(Mixer):
     ``mode="elem"`` draws one per sample (batched FFT). Works on 1-D ``(B, C, L)``, 2-D
     and 3-D ``(B, C, D, H, W)`` inputs.
 
-    Differences from the official code: the cut is ``round(lam * N)`` (the official code
-    picks ``ceil`` or ``floor`` at random), the returned ``lam`` is the kept fraction
-    rather than the drawn one, and the 3-D frequency grid is the true ``rfftn`` grid.
+    Differences from the official code: the spectrum has random phases, so masks are
+    stationary and have no symmetry, where every official mask is point-symmetric
+    (its spectrum is real: see :func:`fourier_field`); the cut is ``round(lam * N)`` (the
+    official code picks ``ceil`` or ``floor`` at random); the returned ``lam`` is the kept
+    fraction rather than the drawn one; and the 3-D frequency grid is the true ``rfftn`` grid.
 
     Args:
         decay_power: spectral decay; larger values give smoother, blobbier masks.
@@ -57,21 +60,26 @@ class FMix(Mixer):
         **kwargs: Any,
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
-        check_number("decay_power", decay_power, low=0.0, high=float("inf"), high_open=True)
+        check_number("decay_power", decay_power, low=0.0)
         check_number("max_soft", max_soft, low=0.0, high=0.5)
         self.decay_power = float(decay_power)
         self.max_soft = float(max_soft)
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        params = super().sample_params(x, generator)
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Adds ``field``: float32 ``(1 or B, *spatial)`` low-frequency images, drawn on ``x.device``."""
+        params = super().draw_params(x, draws)
         count = 1 if self.mode == "batch" else x.shape[0]
-        params["field"] = fourier_field(count, x.shape[2:], self.decay_power, device=x.device, generator=generator)
+        params["field"] = fourier_field(count, x.shape[2:], self.decay_power, device=x.device, generator=draws.device)
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        field = params["field"]
-        mask = binarise(field, params["lam"][: field.shape[0]], self.max_soft).unsqueeze(1)  # (1 or B, 1, *spatial)
-        lam = mask.flatten(1).mean(1).expand(x.shape[0])
+        field, batch_lam = params["field"], params.get("batch_lam")
+        if batch_lam is not None and field.shape[0] == 1 and not self.max_soft:  # one mask, lam on the host
+            mask, lam = _top_mask(field[0], batch_lam)
+            mask, lam = mask[None, None], torch.full((x.shape[0],), lam, device=x.device)
+        else:
+            mask = binarise(field, params["lam"][: field.shape[0]], self.max_soft).unsqueeze(1)  # (1 or B, 1, *spatial)
+            lam = mask.flatten(1).mean(1).expand(x.shape[0])
         mask = mask.expand(x.shape[0], *mask.shape[1:])
         return blend(x, gather_partner(x, params["index"]), mask), lam, mask
 
@@ -93,23 +101,62 @@ def fourier_field(
 ) -> Tensor:
     """``count`` random low-frequency images, float32 ``(count, *spatial)``.
 
-    The spectrum over the ``rfftn`` frequency grid has ``N(0, 1)`` real and imaginary
-    parts scaled by ``1 / max(f, 1 / max(spatial)) ** decay_power``. The scale is divided
-    by its largest value (a constant factor that changes no ranking) so that it stays in
-    ``(0, 1]`` and cannot overflow for large ``decay_power``.
+    The spectrum over the ``rfftn`` frequency grid is complex Gaussian, ``N(0, 1)`` real
+    and imaginary parts, scaled by ``1 / max(f, 1 / max(spatial)) ** decay_power``. The
+    scale is divided by its largest value (a constant factor that changes no ranking) so
+    that it stays in ``(0, 1]`` and cannot overflow for large ``decay_power``.
+
+    With random phases the field is stationary (every pixel has the same distribution)
+    and has no symmetry. The official FMix code (``make_low_freq_image``) instead feeds
+    ``irfftn`` a *real* array: its ``(..., 2)`` axis of real and imaginary parts is
+    reshaped into the last frequency axis rather than combined into complex numbers. A
+    real spectrum inverts to an even field, ``f(n) = f(-n mod size)``, so every official
+    mask is point-symmetric (under a half-turn about pixel ``size / 2``, on the torus),
+    the origin pixel's field value varies twice as much as the average pixel's, and each
+    real coefficient gets the decay of half its frequency along the last axis (its masks
+    are rougher along the width than along the height). openmix's masks are none of these.
 
     Example:
         >>> fourier_field(2, (8, 6), generator=torch.Generator().manual_seed(0)).shape
         torch.Size([2, 8, 6])
     """
     spatial = tuple(int(s) for s in spatial)
+    scale = _spectrum_scale(spatial, float(decay_power), torch.device(device))
+    noise = torch.randn((count, *scale.shape, 2), device=device, generator=generator)
+    spectrum = torch.view_as_complex(noise).mul_(scale)
+    return torch.fft.irfftn(spectrum, s=spatial, dim=tuple(range(1, len(spatial) + 1)))
+
+
+@functools.lru_cache(maxsize=32)
+def _spectrum_scale(spatial: tuple[int, ...], decay_power: float, device: torch.device) -> Tensor:
+    """``(lowest / max(f, lowest)) ** decay_power`` over the ``rfftn`` grid, made once per size and device.
+
+    Callers must not modify it in place.
+    """
     axes = [torch.fft.fftfreq(s, device=device) for s in spatial[:-1]] + [torch.fft.rfftfreq(spatial[-1], device=device)]
     freqs = sum(f.square() for f in torch.meshgrid(*axes, indexing="ij")).sqrt()
     lowest = 1.0 / max(spatial)
-    scale = freqs.clamp_(min=lowest).reciprocal_().mul_(lowest).pow_(decay_power)
-    noise = torch.randn((count, *freqs.shape, 2), device=device, generator=generator)
-    spectrum = torch.view_as_complex(noise) * scale
-    return torch.fft.irfftn(spectrum, s=spatial, dim=tuple(range(1, len(spatial) + 1)))
+    return freqs.clamp_(min=lowest).reciprocal_().mul_(lowest).pow_(decay_power)
+
+
+def _top_mask(field: Tensor, lam: float) -> tuple[Tensor, float]:
+    """One binary mask: 1 on the top ``round(lam * N)`` of the ``N`` values of ``field``, and its mean.
+
+    For a single mask ``topk`` of the smaller side replaces a full ranking; the count is
+    exact and known on the host.
+    """
+    size = field.numel()
+    num = min(max(round(lam * size), 0), size)
+    flat = field.reshape(-1)
+    if num * 2 <= size:
+        mask = torch.zeros(size, device=field.device)
+        if num:
+            mask.index_fill_(0, flat.topk(num, sorted=False).indices, 1.0)
+    else:
+        mask = torch.ones(size, device=field.device)
+        if num < size:
+            mask.index_fill_(0, flat.topk(size - num, largest=False, sorted=False).indices, 0.0)
+    return mask.view(field.shape), num / size
 
 
 def binarise(field: Tensor, lam: Tensor, max_soft: float = 0.0) -> Tensor:

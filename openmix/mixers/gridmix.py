@@ -6,14 +6,15 @@ https://github.com/IlyaDobrynin/GridMixup (GridMask + CutMix).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import one_minus_outer
+from openmix.sampling import host_uniform, one_minus_outer
 
 __all__ = ["GridMix"]
 
@@ -31,8 +32,8 @@ class GridMix(Mixer):
     pixel, at most the cell side minus 1) is a hole showing the partner. The returned
     ``lam`` is the area actually kept. Each argument is a number or a ``(low, high)``
     range drawn uniformly (``n_holes``: an integer from ``low`` to ``high`` inclusive);
-    ``lam ~ Beta(alpha, alpha)``. ``mode="batch"`` draws one grid for the batch (as
-    OpenMixup), ``mode="elem"`` one per sample. Defaults are OpenMixup's CIFAR configs.
+    ``lam ~ Beta(alpha, alpha)``. ``mode="batch"`` draws one grid for the batch on the
+    host (as OpenMixup), ``mode="elem"`` one per sample on the input's device. Defaults are OpenMixup's CIFAR configs.
     Where OpenMixup fails, this clamps: the region to the image (OpenMixup's slices run
     off the image for tall regions), ``n_holes`` to half the region width (OpenMixup
     asserts) and the cell height to at least 1; ``lam = 1`` (a sample skipped by ``prob``)
@@ -72,47 +73,74 @@ class GridMix(Mixer):
         self.cut_area_ratio = _range("cut_area_ratio", cut_area_ratio, low=0.0, high=1.0)
         self.cut_aspect_ratio = _range("cut_aspect_ratio", cut_aspect_ratio, low=0.0)
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
         """Adds the grid: ``lo`` (region corner), ``size`` (region sides) and ``cell``
-        (cell sides), int64 ``(1 or B, 2)`` as ``(rows, columns)``."""
-        params = super().sample_params(x, generator)
+        (cell sides), int64 ``(1, 2)`` CPU tensors in batch mode (drawn on the host) or
+        ``(B, 2)`` on ``x.device``, as ``(rows, columns)``."""
+        params = super().draw_params(x, draws)
+        if self.mode == "batch":
+            grid = self._host_grid(x.shape[2:], host_uniform(6, draws.host))
+            params.update({key: torch.tensor([value]) for key, value in grid.items()})
+            return params
         height, width = x.shape[2:]
-        count = 1 if self.mode == "batch" else x.shape[0]
-        draws = torch.rand((6, count), device=x.device, generator=generator)
+        u = torch.rand((6, x.shape[0]), device=x.device, generator=draws.device)
 
         def pick(bounds: tuple[float, float], u: Tensor) -> Tensor:
             return u.mul(bounds[1] - bounds[0]).add_(bounds[0])
 
-        n_holes = pick((self.n_holes[0], self.n_holes[1] + 1), draws[0]).floor_().clamp_(max=self.n_holes[1])
-        area = pick(self.cut_area_ratio, draws[1]).mul_(height * width).floor_()
-        aspect = pick(self.cut_aspect_ratio, draws[2])
+        n_holes = pick((self.n_holes[0], self.n_holes[1] + 1), u[0]).floor_().clamp_(max=self.n_holes[1])
+        area = pick(self.cut_area_ratio, u[1]).mul_(height * width).floor_()
+        aspect = pick(self.cut_aspect_ratio, u[2])
         cut_w = area.div(aspect).sqrt_().floor_()
         cut_h = cut_w.mul(aspect).floor_().clamp_(1, height)
         cut_w = cut_w.clamp_(1, width)
         n_holes = torch.minimum(n_holes, cut_w.div(2).floor_().clamp_(min=1))
         cell_w = cut_w.div(n_holes).ceil_()
-        cell_h = cell_w.mul(pick(self.hole_aspect_ratio, draws[3])).floor_().clamp_(min=1)
-        lo = torch.stack([(height - cut_h).mul_(draws[4]), (width - cut_w).mul_(draws[5])], 1).floor_()
+        cell_h = cell_w.mul(pick(self.hole_aspect_ratio, u[3])).floor_().clamp_(min=1)
+        lo = torch.stack([(height - cut_h).mul_(u[4]), (width - cut_w).mul_(u[5])], 1).floor_()
         size, cell = torch.stack([cut_h, cut_w], 1), torch.stack([cell_h, cell_w], 1)
         params.update(lo=lo.long(), size=size.long(), cell=cell.long())
         return params
 
+    def _host_grid(self, spatial: Sequence[int], u: list[float]) -> dict[str, list[int]]:
+        """The elem-mode grid formulas for one grid, in Python numbers from six uniforms ``u``."""
+        height, width = spatial
+
+        def pick(bounds: tuple[float, float], v: float) -> float:
+            return bounds[0] + v * (bounds[1] - bounds[0])
+
+        n_holes = min(math.floor(pick((self.n_holes[0], self.n_holes[1] + 1), u[0])), self.n_holes[1])
+        area = math.floor(pick(self.cut_area_ratio, u[1]) * height * width)
+        aspect = pick(self.cut_aspect_ratio, u[2])
+        cut_w = math.floor(math.sqrt(area / aspect))
+        cut_h = min(max(math.floor(cut_w * aspect), 1), height)
+        cut_w = min(max(cut_w, 1), width)
+        n_holes = min(n_holes, max(cut_w // 2, 1))
+        cell_w = -(-cut_w // n_holes)
+        cell_h = max(math.floor(cell_w * pick(self.hole_aspect_ratio, u[3])), 1)
+        lo = [math.floor((height - cut_h) * u[4]), math.floor((width - cut_w) * u[5])]
+        return {"lo": lo, "size": [cut_h, cut_w], "cell": [cell_h, cell_w]}
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         lo, size, cell = params["lo"], params["size"], params["cell"]
-        lam = params["lam"][: lo.shape[0], None].float()
-        hole = cell.float().mul(torch.sqrt(1.0 - lam)).floor_()
-        hole = torch.minimum(hole.clamp_(min=1), cell - 1).masked_fill_(lam >= 1, 0)  # lam = 1: paste nothing
-        hits = []
-        for axis, length in enumerate(x.shape[2:]):  # rows, then columns
-            rel = torch.arange(length, device=x.device) - lo[:, axis : axis + 1]
-            inside = (rel >= 0) & (rel < size[:, axis : axis + 1])
-            hits.append((inside & (rel.remainder(cell[:, axis : axis + 1]) < hole[:, axis : axis + 1])).float())
-        rows, cols = hits
-        mask = one_minus_outer(hits)
-        kept = 1.0 - rows.sum(1) * cols.sum(1) / float(x.shape[2] * x.shape[3])
-        batch = x.shape[0]
+        batch, batch_lam = x.shape[0], params.get("batch_lam")
+        if batch_lam is not None and all(t.shape[0] == 1 and t.device.type == "cpu" for t in (lo, size, cell)):
+            mask, kept = _host_grid_mask(x.shape[2:], lo[0].tolist(), size[0].tolist(), cell[0].tolist(), batch_lam, x.device)
+            kept = torch.full((batch,), kept, device=x.device)
+        else:
+            lam = params["lam"][: lo.shape[0], None].float()
+            hole = cell.float().mul(torch.sqrt(1.0 - lam)).floor_()
+            hole = torch.minimum(hole.clamp_(min=1), cell - 1).masked_fill_(lam >= 1, 0)  # lam = 1: paste nothing
+            hits = []
+            for axis, length in enumerate(x.shape[2:]):  # rows, then columns
+                rel = torch.arange(length, device=x.device) - lo[:, axis : axis + 1]
+                inside = (rel >= 0) & (rel < size[:, axis : axis + 1])
+                hits.append((inside & (rel.remainder(cell[:, axis : axis + 1]) < hole[:, axis : axis + 1])).float())
+            rows, cols = hits
+            mask = one_minus_outer(hits)
+            kept = (1.0 - rows.sum(1) * cols.sum(1) / float(x.shape[2] * x.shape[3])).expand(batch)
         mask = mask.expand(batch, *mask.shape[1:])
-        return blend(x, gather_partner(x, params["index"]), mask), kept.expand(batch), mask
+        return blend(x, gather_partner(x, params["index"]), mask), kept, mask
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
@@ -120,6 +148,38 @@ class GridMix(Mixer):
             low, high = getattr(self, name)
             fields[name] = low if low == high else (low, high)
         return fields
+
+
+def _host_grid_mask(
+    spatial: Sequence[int], lo: list[int], size: list[int], cell: list[int], lam: float, device: torch.device
+) -> tuple[Tensor, float]:
+    """One grid mask ``(1, 1, H, W)`` from host numbers (0 on the holes) and its kept area.
+
+    Along each axis the holes are the first ``hole`` pixels of every cell inside the
+    region: the whole cells as one strided view (cells unflattened into their own axis),
+    the last, partial cell as one slice. Filling those views needs no index tensors.
+    """
+    mask = torch.ones((1, 1, *spatial), device=device)
+    if lam >= 1.0:
+        return mask, 1.0
+    ratio = math.sqrt(1.0 - lam)
+    pieces, counts = [], []
+    for axis in range(2):
+        hole = min(max(math.floor(cell[axis] * ratio), 1), cell[axis] - 1)
+        whole = size[axis] // cell[axis]
+        tail = min(hole, size[axis] - whole * cell[axis])
+        axis_pieces = []
+        if whole and hole > 0:
+            axis_pieces.append((lo[axis], whole, cell[axis], hole))
+        if tail > 0:
+            axis_pieces.append((lo[axis] + whole * cell[axis], 1, tail, tail))
+        pieces.append(axis_pieces)
+        counts.append(whole * max(hole, 0) + max(tail, 0))
+    for start_w, n_w, cell_w, hole_w in pieces[1]:  # columns first: unflattening them leaves the row axis in place
+        cols = mask.narrow(3, start_w, n_w * cell_w).unflatten(3, (n_w, cell_w)).narrow(4, 0, hole_w)
+        for start_h, n_h, cell_h, hole_h in pieces[0]:
+            cols.narrow(2, start_h, n_h * cell_h).unflatten(2, (n_h, cell_h)).narrow(3, 0, hole_h).fill_(0.0)
+    return mask, 1.0 - counts[0] * counts[1] / (spatial[0] * spatial[1])
 
 
 def _range(

@@ -15,7 +15,8 @@ class MixUp(Mixer):
     """``x_mixed = lam * x + (1 - lam) * x[index]``, ``lam ~ Beta(alpha, alpha)``.
 
     Works on any ``(B, C, ...)`` tensor: images, sequences, volumes or feature vectors.
-    See :class:`~openmix.mixer.Mixer` for the common arguments.
+    See :class:`~openmix.mixer.Mixer` for the common arguments. Batch mode mixes with one
+    scalar ``lerp`` (``lam`` drawn on the host), elem mode with a per-sample weight.
 
     Example:
         >>> import torch, openmix
@@ -28,6 +29,9 @@ class MixUp(Mixer):
     spatial_dims = None
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, None]:
+        partner = gather_partner(x, params["index"])
+        lam = params.get("batch_lam")
+        if lam is not None:  # batch mode: one scalar lerp
+            return partner.lerp_(x, lam), params["lam"], None
         lam = params["lam"]
-        weight = lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-        return blend(x, gather_partner(x, params["index"]), weight), lam, None
+        return blend(x, partner, lam.view(-1, *([1] * (x.ndim - 1)))), lam, None

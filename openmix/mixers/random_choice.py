@@ -84,11 +84,11 @@ class RandomChoice(Mixer):
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         """Mix a batch with one mixer, picked on the host; see :meth:`Mixer.forward`."""
         self.check_inputs(x)
-        return self.mixers[self._pick(generator)](x, y, generator=generator)
+        return self.mixers[self._pick(x, generator)](x, y, generator=generator)
 
     def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
         """Pick a mixer and draw its parameters; ``params["choice"]`` (a CPU tensor) records the pick."""
-        choice = self._pick(generator)
+        choice = self._pick(x, generator)
         params = self.mixers[choice].sample_params(x, generator)
         params["choice"] = torch.tensor(choice)
         return params
@@ -101,10 +101,11 @@ class RandomChoice(Mixer):
         child, params = self._split(params)
         return child.mix(x, params)
 
-    def _pick(self, generator: torch.Generator | None) -> int:
+    def _pick(self, x: Tensor, generator: torch.Generator | None) -> int:
+        host = self._draws(x.device, generator, host_only=True).host  # one call of this mixer's streams
         if len(self.mixers) == 1:
             return 0
-        u = float(torch.rand((), generator=self._host_generator(generator)))
+        u = torch.rand((), generator=host).item()
         return min(bisect.bisect_right(self._cumulative, u), len(self.mixers) - 1)
 
     def _split(self, params: Params) -> tuple[Mixer, Params]:

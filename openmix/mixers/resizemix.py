@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import beta, box_mask, partner_index, uniform
+from openmix.sampling import beta, box_mask, host_beta, host_uniform, partner_index, uniform
 
 __all__ = ["ResizeMix"]
 
@@ -29,9 +29,11 @@ class ResizeMix(Mixer):
     ``use_alpha`` (OpenMixup's option, on in its CIFAR benchmark configs) ``tau ~
     Beta(alpha, alpha)``, redrawn from ``U(scope)`` when it falls outside ``scope``.
     ``alpha`` is ignored unless ``use_alpha`` (then ``alpha=0`` disables mixing).
-    ``mode="batch"`` uses one patch for the batch, ``mode="elem"`` one per sample
-    (vectorized: index maps or sampling grids, one per sample). Works on 1-D, 2-D and
-    3-D inputs. OpenMixup instead centres the box uniformly, clips it at the border and
+    ``mode="batch"`` uses one patch for the batch, drawn on the host: the batch is resized
+    once to the patch size and pasted as a slice. ``mode="elem"`` draws one patch per
+    sample on the input's device (vectorized: index maps or sampling grids, one per
+    sample). Linear resampling runs in float32 and is cast back, so float16 and bfloat16
+    inputs get the float32 result, rounded. Works on 1-D, 2-D and 3-D inputs. OpenMixup instead centres the box uniformly, clips it at the border and
     squeezes the partner into what is left (sides ``2 * (int(tau * side) // 2)`` before
     clipping); here the patch keeps the partner's aspect ratio and always fits.
 
@@ -74,33 +76,85 @@ class ResizeMix(Mixer):
         self.use_alpha = bool(use_alpha)
         self.interpolation = interpolation
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        batch, device = x.shape[0], x.device
-        count = 1 if self.mode == "batch" else batch
-        index = partner_index(batch, self.pairing, device=device, generator=generator)
-        tau = uniform(count, *self.scope, device=device, generator=generator)
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """``index``, ``lam`` and the patch box ``lo``/``hi``: int64 ``(1, d)`` CPU tensors in batch mode
+        (drawn on the host), ``(B, d)`` on ``x.device`` in elem mode."""
+        batch, device, spatial = x.shape[0], x.device, x.shape[2:]
+        index = partner_index(batch, self.pairing, device=device, generator=draws.device)
+        if self.mode == "batch":
+            lo, hi = self._host_box(spatial, draws.host)
+            area = 1
+            for a, b in zip(lo, hi):
+                area *= b - a
+            lam = 1.0 - area / spatial.numel()
+            return {
+                "lam": torch.full((batch,), lam, device=device),
+                "index": index,
+                "batch_lam": lam,
+                "lo": torch.tensor([lo]),
+                "hi": torch.tensor([hi]),
+            }
+        tau = uniform(batch, *self.scope, device=device, generator=draws.device)
         if self.use_alpha:
-            draw = beta(self.alpha, count, device=device, generator=generator)
+            draw = beta(self.alpha, batch, device=device, generator=draws.device)
             inside = (draw >= self.scope[0]) & (draw <= self.scope[1])
             tau = torch.where(inside, draw, tau) if self.alpha > 0 else torch.zeros_like(tau)
-        if self.mode == "elem" and self.prob < 1.0:
-            tau = tau.masked_fill(torch.rand(batch, device=device, generator=generator) >= self.prob, 0.0)
-        spatial = x.shape[2:]  # per-axis Python sizes: a tensor made from them would sync a GPU
+        if self.prob < 1.0:
+            tau = tau.masked_fill(torch.rand(batch, device=device, generator=draws.device) >= self.prob, 0.0)
+        # per-axis Python sizes: a tensor made from them would be a host-to-device copy
         side = torch.stack([tau * size for size in spatial], 1).round_()
-        corner = torch.rand(side.shape, device=device, generator=generator)
+        corner = torch.rand(side.shape, device=device, generator=draws.device)
         lo = torch.stack([corner[:, i] * (size + 1 - side[:, i]) for i, size in enumerate(spatial)], 1).floor_()
         lam = 1.0 - side.prod(1) / spatial.numel()
-        return {"lam": lam.expand(batch), "index": index, "lo": lo.long(), "hi": (lo + side).long()}
+        return {"lam": lam, "index": index, "lo": lo.long(), "hi": (lo + side).long()}
+
+    def _host_box(self, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[list[int], list[int]]:
+        """The elem-mode patch formulas for one patch, in Python numbers."""
+        u = host_uniform(1 + len(spatial), generator)
+        tau = self.scope[0] + u[0] * (self.scope[1] - self.scope[0])
+        if self.use_alpha:
+            draw = host_beta(self.alpha, generator)
+            tau = 0.0 if self.alpha == 0 else draw if self.scope[0] <= draw <= self.scope[1] else tau
+        lo, hi = [], []
+        for size, v in zip(spatial, u[1:]):
+            side = round(tau * size)
+            start = int(v * (size + 1 - side))
+            lo.append(start)
+            hi.append(start + side)
+        return lo, hi
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         lo, hi = params["lo"], params["hi"]
         batch, spatial = x.shape[0], x.shape[2:]
+        if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one patch known on the host
+            mixed, kept, mask = self._paste_resized(x, params["index"], lo[0].tolist(), hi[0].tolist())
+            return mixed, torch.full((batch,), kept, device=x.device), mask
         mask = box_mask(lo, hi, spatial)  # (1 or B, 1, *spatial), 0 on the patch
         resize = _nearest_patch if self.interpolation == "nearest" else _linear_patch
         patch = _like(x, resize(gather_partner(x, params["index"]), lo, hi))
         lam = (1.0 - (hi - lo).prod(1).float() / spatial.numel()).expand(batch)
         mask = mask.expand(batch, *mask.shape[1:])
         return blend(x, patch, mask), lam, mask
+
+    def _paste_resized(self, x: Tensor, index: Tensor, lo: list[int], hi: list[int]) -> tuple[Tensor, float, Tensor]:
+        """Resize the batch once to the patch size, permute the (small) result, paste it as a slice."""
+        batch, spatial = x.shape[0], x.shape[2:]
+        sides = [b - a for a, b in zip(lo, hi)]
+        mixed = x.clone()
+        mask = torch.ones((1, 1, *spatial), device=x.device)
+        area = 1
+        for side in sides:
+            area *= max(side, 0)
+        if area:
+            box = (slice(None), slice(None)) + tuple(slice(a, b) for a, b in zip(lo, hi))
+            if self.interpolation == "nearest":
+                patch = F.interpolate(x, size=sides, mode="nearest")
+            else:
+                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+                patch = F.interpolate(_float32(x), size=sides, mode=mode, align_corners=False)
+            mixed[box] = patch.index_select(0, index)
+            mask[box] = 0.0
+        return mixed, 1.0 - area / spatial.numel(), mask.expand(batch, *mask.shape[1:])
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
@@ -152,9 +206,15 @@ def _linear_patch(partner: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         shape[1 + axis] = size
         coords.append(offset.float().mul_(2.0).add_(1.0).div_(extent).sub_(1.0).view(shape))  # (2i + 1) / extent - 1
     grid = torch.stack(torch.broadcast_tensors(*coords[::-1]), dim=-1)  # grid_sample wants (x, y[, z])
-    grid = grid.to(partner.dtype).expand(batch, *grid.shape[1:])
-    out = F.grid_sample(partner, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    grid = grid.expand(batch, *grid.shape[1:])
+    out = F.grid_sample(_float32(partner), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.to(partner.dtype)
     return out.squeeze(2) if squeeze else out
+
+
+def _float32(x: Tensor) -> Tensor:
+    """``x`` as float32 when it is a lower precision float (resampling weights and sums stay exact)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _like(x: Tensor, t: Tensor) -> Tensor:

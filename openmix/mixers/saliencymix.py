@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params
+from openmix.mixer import Draws, Mixer, Params
 from openmix.mixers.cutmix import paste_boxes
 from openmix.registry import register
 from openmix.sampling import boxes_at
@@ -167,8 +167,9 @@ class SaliencyMix(Mixer):
             raise ValueError(f"saliency must be one of {tuple(SALIENCY)}, got {saliency!r}")
         self.saliency = saliency
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        params = super().sample_params(x, generator)
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Adds ``lo``/``hi``: int64 box bounds on ``x.device``, ``(1, d)`` in batch mode, else ``(B, d)``."""
+        params = super().draw_params(x, draws)
         index = params["index"]
         with torch.no_grad():
             if self.mode == "batch":  # one partner's peak places the box for the whole batch

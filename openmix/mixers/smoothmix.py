@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from openmix.mixer import Mixer, Params, blend, gather_partner
+from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import one_minus_outer, partner_index
+from openmix.sampling import host_uniform, one_minus_outer, partner_index
 
 __all__ = ["SmoothMix"]
 
@@ -51,38 +51,65 @@ class SmoothMix(Mixer):
             raise ValueError(f"sigma must be (low, high) with 0 < low <= high, got {tuple(sigma)}")
         self.sigma = (low, high)
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        """Draw ``index``, the blob ``centre`` and ``sigma`` (``(1 or B, d)``, in pixels), ``lam``."""
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Draw ``index``, the blob ``centre`` and ``sigma`` (``(1 or B, d)``, in pixels), ``lam``.
+
+        Batch mode draws its one blob on the host (``centre``/``sigma`` are then CPU
+        tensors); elem mode draws one per sample on ``x.device``."""
         batch, device, spatial = x.shape[0], x.device, x.shape[2:]
-        index = partner_index(batch, self.pairing, device=device, generator=generator)
-        n = 1 if self.mode == "batch" else batch
-        draws = torch.rand((n, len(spatial) + 1), device=device, generator=generator)
+        index = partner_index(batch, self.pairing, device=device, generator=draws.device)
         low, high = self.sigma
-        scale = draws[:, -1] * (high - low) + low  # one sigma per blob, as a fraction of each side
-        centre = torch.stack([draws[:, i] * size - 0.5 for i, size in enumerate(spatial)], 1)
-        sigma = torch.stack([scale * size for size in spatial], 1)
-        params = {"index": index, "centre": centre, "sigma": sigma}
-        if self.mode == "elem" and self.prob < 1.0:  # skipped samples get no blob
-            params["skip"] = torch.rand(batch, device=device, generator=generator) >= self.prob
-        profiles = self._profiles(params, spatial)
+        if self.mode == "batch":  # one blob, drawn on the host
+            u = host_uniform(len(spatial) + 1, draws.host)
+            scale = low + u[-1] * (high - low)
+            params = {
+                "index": index,
+                "centre": torch.tensor([[v * size - 0.5 for v, size in zip(u, spatial)]]),
+                "sigma": torch.tensor([[scale * size for size in spatial]]),
+            }
+        else:
+            params = self._draw_blobs(x, draws, index)
+        profiles = self._profiles(params, spatial, device)
         share = profiles[0].mean(1)
         for profile in profiles[1:]:
             share = share * profile.mean(1)  # the mean of a separable blob is the product of its axis means
         params["lam"] = (1.0 - share).expand(batch)
         return params
 
+    def _draw_blobs(self, x: Tensor, draws: Draws, index: Tensor) -> Params:
+        batch, device, spatial = x.shape[0], x.device, x.shape[2:]
+        low, high = self.sigma
+        u = torch.rand((batch, len(spatial) + 1), device=device, generator=draws.device)
+        scale = u[:, -1] * (high - low) + low  # one sigma per blob, as a fraction of each side
+        centre = torch.stack([u[:, i] * size - 0.5 for i, size in enumerate(spatial)], 1)
+        sigma = torch.stack([scale * size for size in spatial], 1)
+        params = {"index": index, "centre": centre, "sigma": sigma}
+        if self.prob < 1.0:  # skipped samples get no blob
+            params["skip"] = torch.rand(batch, device=device, generator=draws.device) >= self.prob
+        return params
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        mask = one_minus_outer(self._profiles(params, x.shape[2:]))
+        mask = one_minus_outer(self._profiles(params, x.shape[2:], x.device))
         mask = mask.expand(x.shape[0], *mask.shape[1:])  # batch mode: one mask for all
         return blend(x, gather_partner(x, params["index"]), mask), params["lam"], mask
 
     @staticmethod
-    def _profiles(params: Params, spatial: Sequence[int]) -> list[Tensor]:
-        """The blob along each axis: ``exp(-(i - c)^2 / (2 sigma^2))``, each ``(1 or B, size)``."""
+    def _profiles(params: Params, spatial: Sequence[int], device: torch.device) -> list[Tensor]:
+        """The blob along each axis: ``exp(-(i - c)^2 / (2 sigma^2))``, each ``(1 or B, size)``, on ``device``.
+
+        One blob given as CPU tensors (batch mode's host draw) enters as Python numbers, so
+        no host-to-device copy is made."""
+        centre, sigma = params["centre"], params["sigma"]
+        host = centre.shape[0] == 1 and centre.device.type == "cpu" and sigma.device.type == "cpu"
+        if host:
+            centre, sigma = centre[0].tolist(), sigma[0].tolist()
         profiles = []
         for axis, size in enumerate(spatial):
-            coords = torch.arange(size, device=params["centre"].device, dtype=torch.float32)
-            offset = (coords - params["centre"][:, axis : axis + 1]) / params["sigma"][:, axis : axis + 1]
+            coords = torch.arange(size, device=device, dtype=torch.float32)
+            if host:
+                offset = coords.sub_(centre[axis]).div_(sigma[axis])[None]
+            else:
+                offset = (coords - centre[:, axis : axis + 1]) / sigma[:, axis : axis + 1]
             profiles.append(offset.square_().mul_(-0.5).exp_())
         if "skip" in params:
             profiles[0] = profiles[0].masked_fill(params["skip"][:, None], 0.0)
