@@ -1,0 +1,935 @@
+"""PuzzleMix (Kim, Choo & Song, ICML 2020; arXiv 2009.06962): saliency-guided block mixing
+with an optimised multi-label mask and saliency-discounted transport, batched on the device.
+
+Pipeline of one training step (:meth:`PuzzleMix.training_step`), as the official code
+(``snu-mllab/PuzzleMix``: ``main.py::train``, ``mixup.py::mixup_graph``) does it:
+
+1. **Saliency.** ``s = sqrt(mean_c (dL/dx)^2)`` of the batch-mean cross-entropy of the
+   clean batch, the model in eval mode (BN running statistics); only the input gradient
+   is taken (``torch.autograd.grad``), so no parameter gradient of this pass exists, and
+   the caller's own accumulated gradients are left alone (the official code zeroes them).
+2. **Mask.** On a ``G x G`` block grid (``G`` drawn per step from ``block_nums``) each block
+   gets a label ``l`` in ``{0, .., L-1}``, i.e. a weight ``m = 1 - l/(L-1)`` of the sample's
+   own image (``{1, 0.5, 0}`` for ``L = 3``), minimising the official energy
+   (:func:`puzzle_problem`, :func:`puzzle_energy`) with a batched solver
+   (:func:`solve_puzzle`).
+3. **Transport.** Each image's blocks move towards where they stay visible, by the
+   official greedy assignment of the cost ``t_eps * C - s_i * z_j`` (:func:`mask_transport`,
+   :func:`transport_blocks`).
+4. ``x_mix = m * T(x) + (1 - m) * T'(x[index])``, ``lam`` = mean of the mask, targets
+   ``lam * y + (1 - lam) * y[index]``.
+
+**Reused work.** The full-resolution saliency is pooled once, at the finest grid the step
+needs (the transport grid when ``t_size`` sub-divides the blocks, else the block grid);
+the block-grid saliency is the sum of that map over ``(block/t)^2`` cells. Both are
+normalised to sum 1 per sample, and a normalised average pool is ``block sum / total``
+at any grid, so this equals pooling the full map twice (as the official code does) up to
+float rounding. The partner's maps are gathered (``s[index]``), not recomputed. The data
+term pools the de-normalised images once and reads the four source combinations from
+that one pooled tensor.
+
+**Solver.** The official code runs one alpha-beta-swap graph cut per sample on the CPU.
+Here the whole batch is solved at once with torch ops, no Python loop over samples and
+no host-device synchronisation:
+
+* ``L^G <= 81`` (``G <= 4`` for three labels): exact dynamic programming over the rows
+  of the grid (a row's labelling is one state, ``L^G`` states per row).
+* larger grids: dual decomposition of the grid into its row chains and its column
+  chains. The unaries are split between the two families; each iteration computes the
+  min-marginals of every chain by one forward and one backward min-sum pass (all chains
+  of the batch, both families and both directions stacked into one tensor, so an
+  iteration costs ``G`` steps of three small ops) and moves the split towards agreement
+  (damped min-marginal averaging). Every iteration decodes a labelling and the lowest
+  energy one is kept; two sweeps of checkerboard ICM polish it. The pairwise term
+  ``w (l - l')^2`` with ``w >= 0`` is submodular on the ordered labels, so the LP
+  relaxation this dual bounds is tight, and the dual value certifies how close a
+  labelling is to optimal (:func:`solve_puzzle` with ``return_bound``).
+
+  Why not a batched graph cut: max-flow needs data-dependent augmenting paths or many
+  push-relabel rounds, while chain dynamic programming maps onto a fixed number of dense
+  steps. Why not loopy BP / TRW-S: TRW-S is sequential over nodes (a parallel
+  anti-diagonal wavefront costs ~10x more small ops per sweep than the chain scan), and
+  synchronous loopy BP does not converge reliably on grids.
+
+Energies are floats (the official code scales by ``1000 * G^2`` and casts to int32, and
+gco then multiplies by ``1e5``, which overflows once one block holds more than ~8.4% of
+the saliency at ``G = 16``).
+
+**Transport** reproduces the official ``mask_transport`` plan exactly, with its rule that a
+column is won by the row of lowest ``plan * cost`` (rows not contesting the column count
+as 0, so a contestant of positive cost never wins; ties go to the lowest row index) and
+its ``n_iter = grid side`` rounds; an output block that no source wins is zeros, as in the
+official code. Only one dense pass (the row minimum) runs per round: the column fight and
+the +1 penalties are ``O(B * N)`` scatters. Memory: ``2 B N^2`` floats for ``N`` transport
+cells (52 MB for a batch of 100 at a 16 x 16 grid).
+
+Image sizes: square images whose side every ``G`` in ``block_nums`` divides (else a
+``ValueError``). The data term pools by the largest divisor of the block side not above
+``neigh_size``; transport sub-divides a block into ``t_size`` cells when ``t_size``
+divides the block side, else it moves whole blocks. Both rules equal the official code
+wherever it runs (power-of-two sizes), for example CIFAR (``32``) with all of
+``{2, 4, 8, 16}``; Fashion-MNIST (``28``) needs ``block_nums=(2, 4)`` (or 7, 14).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openmix.checks import check_number
+from openmix.mixer import Mixer, Params, gather_partner
+from openmix.output import MixOutput
+from openmix.registry import register
+from openmix.sampling import host_coin
+from openmix.targets import mix_targets, soft_targets
+
+if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
+    from openmix.training import StepResult
+
+__all__ = [
+    "PuzzleMix",
+    "PuzzleProblem",
+    "puzzle_problem",
+    "puzzle_energy",
+    "solve_puzzle",
+    "puzzle_masks",
+    "mask_transport",
+    "transport_blocks",
+    "input_saliency",
+]
+
+LOSSES = ("soft_ce", "bce")
+SOLVERS = ("auto", "exact", "dual")
+EXACT_STATES = 81  # auto: exact row DP while a row has at most this many labellings
+DUAL_ITERS = 12  # default dual iterations (beats swap on average at G = 8 and 16, see benchmarks/puzzlemix_solver.py)
+_PRIOR_EPS = 1e-8  # inside the log of the official binomial prior
+
+
+# ============================================================================ energy
+class PuzzleProblem(NamedTuple):
+    """One PuzzleMix labelling problem per sample, on a ``G x G`` block grid with ``L`` labels.
+
+    ``E(l) = sum_p unary[p, l_p] + sum_(p,q) w_pq * (l_p - l_q)^2 / (L - 1)^2`` over the
+    4-neighbour edges. Label ``l`` gives the sample's own image the weight ``1 - l/(L-1)``.
+
+    Attributes:
+        unary: ``(B, G, G, L)``.
+        w_v: ``(B, G-1, G)``: weight of the edge between blocks ``(r, c)`` and ``(r+1, c)``.
+        w_h: ``(B, G, G-1)``: weight of the edge between blocks ``(r, c)`` and ``(r, c+1)``.
+    """
+
+    unary: Tensor
+    w_v: Tensor
+    w_h: Tensor
+
+    @property
+    def n_labels(self) -> int:
+        return self.unary.shape[-1]
+
+    def to(self, *args: Any, **kwargs: Any) -> "PuzzleProblem":
+        return PuzzleProblem(*(t.to(*args, **kwargs) for t in self))
+
+
+def block_saliency(saliency: Tensor, grid: int) -> Tensor:
+    """Per-sample normalised saliency on a ``grid x grid`` block grid: block sums over the total.
+
+    ``saliency`` is ``(B, h, w)`` with ``grid`` dividing ``h`` and ``w`` (the full-resolution map,
+    or one already pooled to a finer grid: pooling block sums again is exact).
+    """
+    batch, height, width = saliency.shape
+    if height % grid or width % grid:
+        raise ValueError(f"a {grid}x{grid} block grid needs a saliency map whose sides it divides, got {height}x{width}")
+    sums = saliency.reshape(batch, grid, height // grid, grid, width // grid).sum((2, 4))
+    return sums / sums.flatten(1).sum(1).clamp_min(torch.finfo(sums.dtype).tiny).view(batch, 1, 1)
+
+
+def puzzle_problem(
+    saliency: Tensor,
+    images: Tensor,
+    index: Tensor,
+    lam: Tensor | float,
+    block_num: int,
+    *,
+    beta: float = 1.2,
+    gamma: float = 0.5,
+    eta: float = 0.2,
+    neigh_size: int = 4,
+    n_labels: int = 3,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+) -> PuzzleProblem:
+    """The official PuzzleMix energy (``mixup_graph`` + ``graphcut_multi``) for a batch, in floats.
+
+    With ``s`` the normalised block saliency (:func:`block_saliency`), ``s' = s[index]`` and
+    ``b = beta / (16 G)``:
+
+    * unary of label ``l`` (own weight ``m = 1 - l/(L-1)``): ``m * s' + (1 - m) * s`` plus the
+      data-term share below, plus ``eta / G^2 * -log(P(l) + 1e-8)``, ``P`` the binomial
+      probability of ``L-1-l`` own parts out of ``L-1`` with success ``lam``;
+    * data term: on the de-normalised images pooled by ``neigh_size`` (the largest divisor
+      of the block side not above it), ``D[a][b]`` = ``gamma * b`` times the mean absolute
+      difference across a block boundary with source ``a`` on the first side and ``b`` on the
+      second (own or partner), split exactly as the official code does into
+      ``(D[a][0] + D[a][1]) / 2`` on each side's unary and
+      ``(D[1][0] + D[0][1] - D[1][1] - D[0][0]) / 2`` on the edge;
+    * edge weight: ``b`` + that edge share, times ``(l - l')^2 / (L-1)^2``.
+
+    Args:
+        saliency: ``(B, h, w)`` non-negative saliency (full resolution or pooled finer than
+            the grid; ``G`` must divide ``h`` and ``w``).
+        images: ``(B, C, H, W)`` inputs (normalised with ``mean``/``std``, or in ``[0, 1]``).
+        index: partners ``(B,)``.
+        lam: prior weight of the own image, a number or ``(B,)``.
+        block_num: ``G``.
+        beta, gamma, eta, neigh_size, n_labels: the official hyper-parameters.
+        mean, std: per-channel normalisation of ``images``; ``None`` = already in ``[0, 1]``.
+
+    Returns:
+        :class:`PuzzleProblem` in float32 (float64 if ``saliency`` is float64).
+    """
+    batch, _, height, width = images.shape
+    grid = int(block_num)
+    if grid < 2 or height % grid or width % grid:
+        raise ValueError(f"block_num must be >= 2 and divide the image sides, got {grid} for {height}x{width} images")
+    if n_labels < 2:
+        raise ValueError(f"n_labels must be >= 2, got {n_labels}")
+    dtype = torch.promote_types(saliency.dtype, torch.float32)
+    device = images.device
+    s_own = block_saliency(saliency.to(dtype), grid)
+    s_partner = s_own.index_select(0, index)
+
+    block_h, block_w = height // grid, width // grid
+    pool = _largest_divisor(math.gcd(block_h, block_w), neigh_size)
+    kh, kw = block_h // pool, block_w // pool
+    pixels = denormalize(images.detach().to(dtype), mean, std)
+    pooled = F.avg_pool2d(pixels, pool) if pool > 1 else pixels  # (B, C, G*kh, G*kw)
+    scale = beta / grid / 16.0
+    data = scale * gamma
+
+    # the pooled rows/columns either side of each block boundary, own (1) and partner (0)
+    last_row = pooled[:, :, kh - 1 : -1 : kh, :]  # (B, C, G-1, G*kw)
+    first_row = pooled[:, :, kh::kh, :]
+    last_col = pooled[:, :, :, kw - 1 : -1 : kw]  # (B, C, G*kh, G-1)
+    first_col = pooled[:, :, :, kw::kw]
+
+    def boundary(before: Tensor, after: Tensor, dim: int, k: int) -> Tensor:
+        """``D[a][b]`` for sources a, b in (partner, own), stacked as (2, 2, B, ...)."""
+        sides = (before.index_select(0, index), before), (after.index_select(0, index), after)
+        diff = torch.stack([torch.stack([(sides[0][a] - sides[1][b]).abs().mean(1) for b in (0, 1)]) for a in (0, 1)])
+        shape = diff.shape[:-1] + (diff.shape[-1] // k, k) if dim == -1 else diff.shape[:-2] + (diff.shape[-2] // k, k, diff.shape[-1])
+        return diff.reshape(shape).mean(dim if dim == -1 else -2) * data
+
+    d_v = boundary(last_row, first_row, -1, kw)  # (2, 2, B, G-1, G)
+    d_h = boundary(last_col, first_col, -2, kh)  # (2, 2, B, G, G-1)
+
+    show_own = s_partner.clone()  # cost of showing the own image on a block (m = 1)
+    show_partner = s_own.clone()  # cost of showing the partner (m = 0)
+    for d, first, second in ((d_v, (slice(None), slice(0, -1)), (slice(None), slice(1, None))),
+                             (d_h, (slice(None), slice(None), slice(0, -1)), (slice(None), slice(None), slice(1, None)))):
+        show_own[first] += (d[1, 0] + d[1, 1]) / 2
+        show_partner[first] += (d[0, 1] + d[0, 0]) / 2
+        show_own[second] += (d[0, 1] + d[1, 1]) / 2
+        show_partner[second] += (d[1, 0] + d[0, 0]) / 2
+    w_v = (d_v[1, 0] + d_v[0, 1] - d_v[1, 1] - d_v[0, 0]) / 2 + scale
+    w_h = (d_h[1, 0] + d_h[0, 1] - d_h[1, 1] - d_h[0, 0]) / 2 + scale
+
+    prior = binomial_prior(lam, n_labels, batch, device) * (eta / grid**2)  # (B, L) float64
+    t = torch.linspace(0.0, 1.0, n_labels, device=device, dtype=dtype)  # partner share of label l
+    unary = torch.lerp(show_own.unsqueeze(-1), show_partner.unsqueeze(-1), t) + prior.to(dtype).view(batch, 1, 1, n_labels)
+    return PuzzleProblem(unary, w_v, w_h)
+
+
+def binomial_prior(lam: Tensor | float, n_labels: int, batch: int, device: torch.device) -> Tensor:
+    """``-log(P(l) + 1e-8)`` ``(B, L)`` in float64: ``P`` binomial, ``L-1-l`` own parts, success ``lam``."""
+    lam = torch.as_tensor(lam, dtype=torch.float64, device=device).reshape(-1).expand(batch).unsqueeze(1)
+    own = torch.arange(n_labels - 1, -1, -1, dtype=torch.float64, device=device)  # own parts of label l
+    n = n_labels - 1
+    log_comb = math.lgamma(n + 1) - torch.lgamma(own + 1) - torch.lgamma(n - own + 1)
+    prob = log_comb.exp() * lam.pow(own) * (1 - lam).pow(n - own)
+    return -torch.log(prob + _PRIOR_EPS)
+
+
+def puzzle_energy(labels: Tensor, problem: PuzzleProblem) -> Tensor:
+    """Energy ``(B,)`` of integer labellings ``(B, G, G)`` under ``problem`` (in its dtype).
+
+    Example:
+        >>> p = PuzzleProblem(torch.zeros(1, 2, 2, 3), torch.ones(1, 1, 2), torch.ones(1, 2, 1))
+        >>> puzzle_energy(torch.tensor([[[0, 2], [0, 0]]]), p)  # two edges of (0-2)^2/4
+        tensor([2.])
+    """
+    unary, w_v, w_h = problem
+    scale = 1.0 / (unary.shape[-1] - 1) ** 2
+    lab = labels.to(unary.dtype)
+    energy = unary.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+    energy = energy + (w_v * (lab[:, 1:] - lab[:, :-1]).square()).flatten(1).sum(1) * scale
+    return energy + (w_h * (lab[:, :, 1:] - lab[:, :, :-1]).square()).flatten(1).sum(1) * scale
+
+
+# ============================================================================ solvers
+def solve_puzzle(
+    problem: PuzzleProblem, *, method: str = "auto", iters: int | None = None, omega: float = 0.3,
+    return_bound: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Minimise :func:`puzzle_energy` for every sample at once; returns labels ``(B, G, G)`` int64.
+
+    Args:
+        problem: the batch of problems.
+        method: ``"exact"`` (row dynamic programming, ``L^G`` states per row; at most 729),
+            ``"dual"`` (chain dual decomposition, any size) or ``"auto"`` (exact while
+            ``L^G <= 81``).
+        iters: dual iterations (default 12).
+        omega: damping of the min-marginal averaging step.
+        return_bound: also return a lower bound ``(B,)`` on the optimal energy (the dual
+            value; the optimum itself for ``"exact"``).
+
+    Example:
+        >>> unary = torch.tensor([0.1, 0.05, 0.0]).expand(1, 2, 2, 3).clone()
+        >>> unary[0, 0, 0] = torch.tensor([0.0, 1.0, 2.0])  # one block insists on label 0
+        >>> solve_puzzle(PuzzleProblem(unary, torch.zeros(1, 1, 2), torch.zeros(1, 2, 1)))
+        tensor([[[0, 2],
+                 [2, 2]]])
+        >>> solve_puzzle(PuzzleProblem(unary, torch.full((1, 1, 2), 8.0), torch.full((1, 2, 1), 8.0)))
+        tensor([[[0, 0],
+                 [0, 0]]])
+    """
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
+    unary = problem.unary
+    if unary.ndim != 4 or unary.shape[1] != unary.shape[2]:
+        raise ValueError(f"unary must be (B, G, G, L), got shape {tuple(unary.shape)}")
+    grid, n_labels = unary.shape[1], unary.shape[-1]
+    states = n_labels**grid
+    if method == "exact" and states > 729:
+        raise ValueError(f"the exact solver enumerates L^G row labellings; {n_labels}^{grid} = {states} is too many")
+    if method == "exact" or (method == "auto" and states <= EXACT_STATES):
+        labels = _solve_rows_exact(problem)
+        return (labels, puzzle_energy(labels, problem)) if return_bound else labels
+    labels, bound = _solve_dual(problem, DUAL_ITERS if iters is None else int(iters), omega)
+    return (labels, bound) if return_bound else labels
+
+
+def _solve_rows_exact(problem: PuzzleProblem) -> Tensor:
+    """Exact minimum by dynamic programming over rows, a row's labelling being one state."""
+    unary, w_v, w_h = problem
+    batch, grid, _, n_labels = unary.shape
+    device, dtype = unary.device, unary.dtype
+    states = n_labels**grid
+    digits = n_labels ** torch.arange(grid - 1, -1, -1, device=device)
+    table = torch.arange(states, device=device).unsqueeze(1).div(digits, rounding_mode="floor") % n_labels  # (S, G)
+    lab = table.to(dtype)
+    scale = 1.0 / (n_labels - 1) ** 2
+    # row costs (B, G, S): unaries plus the edges inside the row
+    rows = unary.gather(-1, table.t().reshape(1, 1, grid, states).expand(batch, grid, grid, states)).sum(2)
+    rows = rows + torch.einsum("brc,sc->brs", w_h, (lab[:, 1:] - lab[:, :-1]).square() * scale)
+    # transitions (B, G-1, S, S) between consecutive rows
+    between = (lab.unsqueeze(1) - lab.unsqueeze(0)).square() * scale  # (S, S, G)
+    trans = torch.einsum("brc,stc->brst", w_v, between)
+    cost, back = rows[:, 0], []
+    for r in range(1, grid):
+        best, arg = (cost.unsqueeze(2) + trans[:, r - 1]).min(1)
+        back.append(arg)
+        cost = best + rows[:, r]
+    state = cost.argmin(1)
+    picked = [state]
+    for arg in reversed(back):
+        state = arg.gather(1, state.unsqueeze(1)).squeeze(1)
+        picked.append(state)
+    return table[torch.stack(picked[::-1], 1)]  # (B, G, G)
+
+
+def _chain_scans(theta: Tensor, pair: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward and backward min-sum over chains, ``theta`` ``(P, L, K)`` (position, label, chain).
+
+    ``fwd[t] = theta[t] + min_a(fwd[t-1][a] + pair[t-1][a])`` and
+    ``bwd[t] = theta[t] + min_a(bwd[t+1][a] + pair[t][a])``, ``pair`` ``(P-1, L, L, K)`` the
+    edge costs (symmetric in the two labels). ``fwd + bwd - theta`` are the min-marginals.
+    """
+    fwd, bwd = torch.empty_like(theta), torch.empty_like(theta)
+    th, f, b, pr = theta.unbind(0), fwd.unbind(0), bwd.unbind(0), pair.unbind(0)
+    last = len(th) - 1
+    f[0].copy_(th[0])
+    b[last].copy_(th[last])
+    for t in range(last):
+        torch.add(torch.amin(f[t].unsqueeze(1) + pr[t], 0), th[t + 1], out=f[t + 1])
+        s = last - 1 - t
+        torch.add(torch.amin(b[s + 1].unsqueeze(1) + pr[s], 0), th[s], out=b[s])
+    return fwd, bwd
+
+
+def _labelled_energy(labels: Tensor, unary: Tensor, w_v: Tensor, w_h: Tensor, scale: float) -> Tensor:
+    """Energy of labels ``(B, G, G)`` with label-major unaries ``(L, B, G, G)``."""
+    lab = labels.to(unary.dtype)
+    energy = unary.gather(0, labels.unsqueeze(0)).squeeze(0).flatten(1).sum(1)
+    pair = (w_v * (lab[:, 1:] - lab[:, :-1]).square()).flatten(1).sum(1) + (w_h * (lab[:, :, 1:] - lab[:, :, :-1]).square()).flatten(1).sum(1)
+    return energy + pair * scale
+
+
+def _min0(values: Tensor) -> tuple[Tensor, Tensor]:
+    """``values.min(0)`` (first index on ties) by elementwise ops over a short leading axis:
+    reductions over an axis of 2-4 labels are many times slower on CPU."""
+    best, arg = values[0], torch.zeros(values.shape[1:], dtype=torch.long, device=values.device)
+    for a in range(1, values.shape[0]):
+        better = values[a] < best
+        best = torch.minimum(best, values[a])
+        arg = arg.masked_fill(better, a)
+    return best, arg
+
+
+def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: float = 0.75, sweeps: int = 2) -> tuple[Tensor, Tensor]:
+    """Row/column chain dual decomposition with damped min-marginal averaging, then ICM.
+
+    Both chain families live in one tensor ``(G, L, 2, B, G)`` (position, label, family,
+    sample, chain): family 0 = rows (position = column), family 1 = columns (position = row).
+    Labellings are decoded from the summed min-marginals from iteration
+    ``decode_from * iters`` on, and the lowest energy one is kept.
+    """
+    unary, w_v, w_h = problem
+    batch, grid, _, n_labels = unary.shape
+    scale = 1.0 / (n_labels - 1) ** 2
+    u = unary.permute(3, 0, 1, 2).contiguous()  # (L, B, R, C)
+    u_rows = u.permute(3, 0, 1, 2)  # (C, L, B, R)
+    u_cols = u.permute(2, 0, 1, 3)  # (R, L, B, C)
+    weights = torch.stack([w_h.permute(2, 0, 1), w_v.permute(1, 0, 2)], 1).reshape(grid - 1, 1, 1, -1)
+    levels = torch.arange(n_labels, device=unary.device, dtype=unary.dtype)
+    pair = weights * ((levels.view(-1, 1) - levels.view(1, -1)).square() * scale).view(1, n_labels, n_labels, 1)
+
+    theta = torch.stack([u_rows, u_cols], 2) * 0.5  # the families' shares of the unaries
+    chains = theta.view(grid, n_labels, -1)
+    rows, cols = theta[:, :, 0], theta[:, :, 1]
+    best_labels = best_energy = None
+    bound = unary.new_full((batch,), -math.inf)
+    for it in range(iters + 1):
+        fwd, bwd = _chain_scans(chains, pair)
+        marg = (fwd + bwd).view_as(theta) - theta
+        marg_rows = marg[:, :, 0]  # (C, L, B, R)
+        marg_cols = marg[:, :, 1].permute(3, 1, 2, 0)  # columns' min-marginals in the rows' layout
+        ends = fwd[-1].view(n_labels, 2, batch, grid)
+        bound = torch.maximum(bound, ends.amin(0).sum((0, 2)))
+        if it >= decode_from * iters:
+            labels = _min0((marg_rows + marg_cols).transpose(0, 1))[1].permute(1, 2, 0)  # (B, R, C)
+            energy = _labelled_energy(labels, u, w_v, w_h, scale)
+            if best_labels is None:
+                best_labels, best_energy = labels, energy
+            else:
+                better = energy < best_energy
+                best_labels = torch.where(better.view(batch, 1, 1), labels, best_labels)
+                best_energy = torch.minimum(energy, best_energy)
+        if it < iters:
+            step = marg_cols - marg_rows
+            # a per-block constant carries no information, and left in it grows ~G-fold per iteration
+            rows.add_(step - step[:, :1], alpha=omega / 2)
+            torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=cols)
+    return _icm(best_labels, u, w_v, w_h, scale, sweeps=sweeps), bound
+
+
+def _icm(labels: Tensor, u: Tensor, w_v: Tensor, w_h: Tensor, scale: float, sweeps: int) -> Tensor:
+    """Checkerboard iterated conditional modes; never raises the energy.
+
+    With ``V = (a - b)^2``, a block's cost of label ``a`` is ``u[a] + (a^2 S0 - 2 a S1) * scale``
+    up to a constant, ``S0``/``S1`` the sums of ``w`` and ``w * l`` over its neighbours.
+    """
+    n_labels, batch, grid, _ = u.shape
+    s0 = torch.zeros(batch, grid, grid, dtype=u.dtype, device=u.device)
+    s0[:, 1:] += w_v
+    s0[:, :-1] += w_v
+    s0[:, :, 1:] += w_h
+    s0[:, :, :-1] += w_h
+    r = torch.arange(grid, device=u.device)
+    black = ((r.view(-1, 1) + r.view(1, -1)) % 2 == 0).expand(batch, grid, grid)
+    for _ in range(sweeps):
+        for colour in (black, ~black):
+            lab = labels.to(u.dtype)
+            s1 = torch.zeros_like(s0)
+            s1[:, 1:] += w_v * lab[:, :-1]
+            s1[:, :-1] += w_v * lab[:, 1:]
+            s1[:, :, 1:] += w_h * lab[:, :, :-1]
+            s1[:, :, :-1] += w_h * lab[:, :, 1:]
+            costs = torch.stack([u[a] + (a * a * s0 - 2 * a * s1) * scale for a in range(n_labels)])
+            best, arg = _min0(costs)
+            # move only where strictly better, so a sweep never raises the energy
+            improve = colour & (best < costs.gather(0, labels.unsqueeze(0)).squeeze(0))
+            labels = torch.where(improve, arg, labels)
+    return labels
+
+
+def puzzle_masks(
+    saliency: Tensor,
+    images: Tensor,
+    index: Tensor,
+    lam: Tensor | float,
+    block_num: int,
+    *,
+    beta: float = 1.2,
+    gamma: float = 0.5,
+    eta: float = 0.2,
+    neigh_size: int = 4,
+    n_labels: int = 3,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+    method: str = "auto",
+    iters: int | None = None,
+) -> Tensor:
+    """Optimal PuzzleMix masks ``(B, G, G)``: the weight of each sample's own image per block.
+
+    Values are ``1 - l/(L-1)`` (``{1, 0.5, 0}`` for three labels); see :func:`puzzle_problem`
+    for the arguments and :func:`solve_puzzle` for the solver.
+
+    Example:
+        >>> sal = torch.zeros(2, 8, 8); sal[0, :4] = 1; sal[1, 4:] = 1  # top half / bottom half
+        >>> puzzle_masks(sal, torch.rand(2, 1, 8, 8), torch.tensor([1, 0]), 0.5, 2)[0]
+        tensor([[1., 1.],
+                [0., 0.]])
+    """
+    problem = puzzle_problem(saliency, images, index, lam, block_num, beta=beta, gamma=gamma, eta=eta,
+                             neigh_size=neigh_size, n_labels=n_labels, mean=mean, std=std)
+    labels = solve_puzzle(problem, method=method, iters=iters)
+    return 1.0 - labels.to(problem.unary.dtype) / (n_labels - 1)
+
+
+# ============================================================================ transport
+def transport_cost(grid: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The official ``cost_matrix``: squared grid distance over ``(grid - 1)^2``, ``(N, N)``."""
+    r = torch.arange(grid * grid, device=device)
+    rows, cols = r.div(grid, rounding_mode="floor"), r % grid
+    dist = (rows.view(-1, 1) - rows.view(1, -1)).square() + (cols.view(-1, 1) - cols.view(1, -1)).square()
+    return dist.to(dtype) / (grid - 1) ** 2
+
+
+def mask_transport(mask: Tensor, saliency: Tensor, t_eps: float = 0.8, n_iter: int | None = None) -> Tensor:
+    """The official greedy transport plan, batched: the source cell of each target cell.
+
+    Cost of moving source cell ``i`` to target ``j``: ``t_eps * C_ij - s_i * z_j`` with ``C`` the
+    normalised squared distance (:func:`transport_cost`) and ``z_j = [mask_j > 0]`` (the
+    image stays visible at ``j``). For ``n_iter`` rounds (the grid side, as official) every
+    source takes its cheapest target; each target is won by the contestant of lowest
+    ``plan * cost`` (see the module notes), and the losers' chosen entries cost 1 more.
+    The plan of the last round is returned.
+
+    Args:
+        mask: ``(B, g, g)`` weight of the image being moved at each cell.
+        saliency: ``(B, g, g)`` normalised saliency of that image.
+        t_eps: weight of the distance cost.
+        n_iter: rounds (default ``g``).
+
+    Returns:
+        int64 ``(B, g*g)``: the source cell of each target cell (row-major), ``-1`` where no
+        source won it (that cell of the moved image is zeros).
+
+    Example:
+        >>> sal = torch.tensor([[[0.0, 0.9], [0.05, 0.05]]])
+        >>> mask_transport(torch.tensor([[[1.0, 0.0], [1.0, 1.0]]]), sal)  # cell 1 is hidden, moves to 0
+        tensor([[ 1, -1,  2,  3]])
+    """
+    batch, grid, _ = mask.shape
+    cells = grid * grid
+    n_iter = grid if n_iter is None else int(n_iter)
+    visible = (mask > 0).to(saliency.dtype).reshape(batch, 1, cells)
+    cost = t_eps * transport_cost(grid, mask.device, saliency.dtype) - saliency.reshape(batch, cells, 1) * visible
+    rows = torch.arange(cells, device=mask.device).expand(batch, cells)
+    column = rows  # targets, the same range
+    flat = cost.view(batch, cells * cells)
+    src = torch.full((batch, cells), -1, dtype=torch.long, device=mask.device)
+    for _ in range(n_iter):
+        row_cost, choice = cost.min(-1)  # first index on ties, as the official argmin
+        taken = torch.zeros(batch, cells, dtype=cost.dtype, device=cost.device).scatter_add_(1, choice, torch.ones_like(row_cost))
+        low = torch.full_like(row_cost, math.inf).scatter_reduce_(1, choice, row_cost, "amin")
+        # official column fight: min over the column of plan * cost, where non-contestants show 0
+        low = torch.where(taken < cells, low.clamp(max=0.0), low)
+        hit = row_cost == low.gather(1, choice)
+        first = torch.full_like(choice, cells).scatter_reduce_(1, choice, torch.where(hit, rows, cells), "amin")
+        # the first row showing 0 without contesting: 0, or after the leading run of rows sharing a choice
+        run = (choice == choice[:, :1]).long().cumprod(1).sum(1, keepdim=True)
+        first_free = torch.where(column == choice[:, :1], run, 0)
+        winner = torch.where(((low < 0) | (first < first_free)) & (first < cells), first, -1)  # per target
+        src = winner
+        won = winner.gather(1, choice) == rows
+        flat.scatter_add_(1, rows * cells + choice, (~won).to(cost.dtype))
+    return src
+
+
+def transport_blocks(images: Tensor, source: Tensor, grid: int) -> Tensor:
+    """Move cells of ``images`` ``(B, C, H, W)``: target cell ``j`` gets source cell ``source[:, j]``.
+
+    Cells are ``H/grid x W/grid``; a target with source ``-1`` becomes zeros. Returns a
+    contiguous tensor of the same shape and dtype.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> transport_blocks(x, torch.tensor([[3, -1, 0, 1]]), 2)
+        tensor([[[[3., 0.],
+                  [0., 1.]]]])
+    """
+    batch, channels, height, width = images.shape
+    ch, cw = height // grid, width // grid
+    dev = images.device
+    y = torch.arange(height, device=dev).view(-1, 1)
+    x = torch.arange(width, device=dev).view(1, -1)
+    target = (y.div(ch, rounding_mode="floor") * grid + x.div(cw, rounding_mode="floor")).flatten()  # (HW,)
+    offset = ((y % ch) * width + x % cw).flatten()
+    src = source.index_select(1, target)  # (B, HW)
+    valid = src >= 0
+    src = src.clamp(min=0)
+    pixel = src.div(grid, rounding_mode="floor") * (ch * width) + (src % grid) * cw + offset
+    moved = images.reshape(batch, channels, height * width).gather(2, pixel.unsqueeze(1).expand(batch, channels, -1))
+    return moved.mul_(valid.unsqueeze(1).to(moved.dtype)).view(batch, channels, height, width)
+
+
+# ============================================================================ saliency
+def denormalize(x: Tensor, mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None) -> Tensor:
+    """``x * std + mean`` per channel (``x`` unchanged when both are ``None``)."""
+    if mean is None and std is None:
+        return x
+    channels = x.shape[1]
+    m = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device).reshape(-1)
+    s = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device).reshape(-1)
+    shape = (1, channels) + (1,) * (x.ndim - 2)
+    return x * s.expand(channels).reshape(shape) + m.expand(channels).reshape(shape)
+
+
+def normalize(x: Tensor, mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None) -> Tensor:
+    """The inverse of :func:`denormalize`."""
+    if mean is None and std is None:
+        return x
+    channels = x.shape[1]
+    m = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device).reshape(-1)
+    s = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device).reshape(-1)
+    shape = (1, channels) + (1,) * (x.ndim - 2)
+    return (x - m.expand(channels).reshape(shape)) / s.expand(channels).reshape(shape)
+
+
+@contextlib.contextmanager
+def _modes(model: nn.Module, training: bool):
+    """Put every submodule in train/eval mode for the block; restore each one's own mode after."""
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in saved:
+            module.training = mode
+
+
+def input_saliency(model: nn.Module, x: Tensor, target: Tensor, *, eval_mode: bool = True) -> Tensor:
+    """PuzzleMix saliency ``(B, H, W)``: RMS over channels of the input gradient of the mean CE.
+
+    The model runs in eval mode (``eval_mode``), each submodule's mode is restored after,
+    and only the gradient with respect to ``x`` is computed: the parameters' ``.grad`` are
+    untouched.
+
+    Args:
+        model: maps ``x`` to logits ``(B, num_classes)``.
+        x: ``(B, C, H, W)``.
+        target: class ids ``(B,)`` or soft targets ``(B, num_classes)``.
+    """
+    saliency, _, _ = _saliency_pass(model, x, target, clean_weight=0.0, eval_mode=eval_mode)
+    return saliency
+
+
+def _saliency_pass(model: nn.Module, x: Tensor, target: Tensor, clean_weight: float, eval_mode: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Returns ``(saliency, input gradient, clean loss or None)``.
+
+    With ``clean_weight > 0`` the clean loss ``clean_weight * CE`` keeps its graph, so the
+    caller's backward adds its parameter gradients (the official ``clean_lam`` term).
+    """
+    from openmix.losses import soft_cross_entropy
+
+    keep = clean_weight > 0
+    x_in = x.detach().requires_grad_(True)
+    sync = getattr(model, "no_sync", None)  # DDP: this pass must not arm a gradient all-reduce
+    with torch.enable_grad(), _modes(model, not eval_mode), (sync() if callable(sync) and not keep else contextlib.nullcontext()):
+        logits = model(x_in)
+        loss = soft_cross_entropy(logits, target)
+        scaled = loss * clean_weight if keep else loss
+        (grad,) = torch.autograd.grad(scaled, x_in, retain_graph=keep)
+    grad = grad.detach()
+    saliency = grad.float().square().mean(1).sqrt()
+    return saliency, grad, (scaled if keep else None)
+
+
+# ============================================================================ the mixer
+@register("puzzlemix")
+class PuzzleMix(Mixer):
+    """PuzzleMix: optimised saliency-preserving block masks with transport (needs the model).
+
+    Use it through :func:`openmix.training.mix_step` (which calls :meth:`training_step`),
+    or call it with a saliency map: ``mixer(x, y, saliency=s)``. Defaults are the official
+    CIFAR-100 run and OpenMixup's config.
+
+    Args:
+        alpha: ``lam ~ Beta(alpha, alpha)`` (one per batch in ``"batch"`` mode, as official).
+        num_classes: needed for class-id labels.
+        block_nums: the grid sides ``G`` to draw from, uniformly, each step.
+        beta, gamma, eta: smoothness, data-smoothness and prior weights of the energy.
+        neigh_size: pooling of the images for the data term.
+        n_labels: mask levels (3: ``{1, 0.5, 0}``).
+        transport: move blocks towards where they stay visible.
+        t_eps: distance weight of the transport cost.
+        t_size: transport cell side (pixels); ``-1`` = the block.
+        clean_lam: weight of the clean loss ``2 * clean_lam / num_classes * CE`` (official
+            Tiny-ImageNet: 1); its forward runs in train mode and its gradient is kept.
+        adv_p: probability of the adversarial step, drawn once per side (own, partner).
+        adv_eps: its radius in pixel units of 1/255.
+        loss: ``"soft_ce"`` (the ``criterion`` of :meth:`training_step`, OpenMixup) or
+            ``"bce"`` (official: BCE of the softmax against the mixed targets).
+        mean, std: the per-channel normalisation of the inputs, for the data term and the
+            adversarial step (``None``: inputs are in ``[0, 1]``).
+        solver, solver_iters: see :func:`solve_puzzle`.
+        **kwargs: the common :class:`~openmix.mixer.Mixer` arguments.
+
+    Example:
+        >>> import torch, openmix
+        >>> from openmix.training import mix_step
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 16 * 16, 10))
+        >>> mixer = openmix.build("puzzlemix", num_classes=10, block_nums=(2, 4), seed=0)
+        >>> step = mix_step(model, mixer, torch.rand(8, 3, 16, 16), torch.arange(8))
+        >>> torch.allclose(step.mix.lam, step.mix.mask.mean((1, 2, 3)))
+        True
+    """
+
+    kind = "saliency"
+    spatial_dims = (2,)
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: int | None = None,
+        *,
+        block_nums: Sequence[int] | int = (2, 4, 8, 16),
+        beta: float = 1.2,
+        gamma: float = 0.5,
+        eta: float = 0.2,
+        neigh_size: int = 4,
+        n_labels: int = 3,
+        transport: bool = True,
+        t_eps: float = 0.8,
+        t_size: int = 4,
+        clean_lam: float = 0.0,
+        adv_p: float = 0.0,
+        adv_eps: float = 10.0,
+        loss: str = "soft_ce",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        solver: str = "auto",
+        solver_iters: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha, num_classes, **kwargs)
+        nums = (block_nums,) if isinstance(block_nums, int) else tuple(block_nums)
+        if not nums or any(isinstance(g, bool) or not isinstance(g, int) or g < 2 for g in nums):
+            raise ValueError(f"block_nums must be integers >= 2, got {block_nums!r}")
+        for name, value in (("neigh_size", neigh_size), ("n_labels", n_labels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_labels" else 1):
+                raise ValueError(f"{name} must be an integer >= {2 if name == 'n_labels' else 1}, got {value!r}")
+        if isinstance(t_size, bool) or not isinstance(t_size, int) or not (t_size == -1 or t_size >= 1):
+            raise ValueError(f"t_size must be -1 (the block) or an integer >= 1, got {t_size!r}")
+        for name, value in (("beta", beta), ("gamma", gamma), ("eta", eta), ("t_eps", t_eps), ("clean_lam", clean_lam), ("adv_eps", adv_eps)):
+            check_number(name, value, low=0.0)
+        check_number("adv_p", adv_p, low=0.0, high=1.0)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if clean_lam > 0 and num_classes is None:
+            raise ValueError("clean_lam > 0 weighs the clean loss by 2 * clean_lam / num_classes: pass num_classes")
+        self.block_nums = nums
+        self.beta, self.gamma, self.eta = float(beta), float(gamma), float(eta)
+        self.neigh_size, self.n_labels = neigh_size, n_labels
+        self.transport, self.t_eps, self.t_size = bool(transport), float(t_eps), t_size
+        self.clean_lam, self.adv_p, self.adv_eps = float(clean_lam), float(adv_p), float(adv_eps)
+        self.loss = loss
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
+        self.solver, self.solver_iters = solver, solver_iters
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, x: Tensor, y: Tensor, *, saliency: Tensor | None = None,
+                generator: torch.Generator | None = None) -> MixOutput:
+        """Mix a batch given its saliency map ``(B, H, W)`` (see :func:`input_saliency`).
+
+        PuzzleMix computes the saliency from the model: in training, use
+        :func:`openmix.training.mix_step` / :meth:`training_step`.
+        """
+        if saliency is None:
+            raise TypeError(
+                "PuzzleMix needs the model's saliency: train with openmix.training.mix_step(model, mixer, x, y) "
+                "(it calls mixer.training_step), or pass saliency=openmix.mixers.puzzlemix.input_saliency(model, x, y)"
+            )
+        self.check_inputs(x)
+        self._check_size(x)
+        y = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
+        saliency = self._check_saliency(saliency, x)
+        params = self.sample_params(x, generator=generator)
+        if params.get("identity", False):
+            return MixOutput.identity(x, y)
+        params["saliency"] = saliency
+        return self.apply_params(x, y, params)
+
+    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
+        """One PuzzleMix step: saliency pass, masks, transport, loss on the mixed batch.
+
+        Returns a :class:`~openmix.training.StepResult` whose loss includes the clean loss
+        when ``clean_lam > 0``. A batch the ``prob`` coin skips is a plain step (no
+        saliency pass).
+        """
+        from openmix.training import StepResult
+
+        self.check_inputs(x)
+        self._check_size(x)
+        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
+        params = self.sample_params(x)
+        if params.get("identity", False):
+            logits = model(x)
+            return StepResult(self._loss(criterion, logits, soft), logits, MixOutput.identity(x, soft))
+        host = self._host_generator(None)
+        adv_own = self.adv_p > 0 and host_coin(self.adv_p, host)
+        adv_partner = self.adv_p > 0 and host_coin(self.adv_p, host)
+        noise, x_sal = None, x
+        if adv_own or adv_partner:  # random start, in pixel space (official main.py)
+            eps = self.adv_eps / 255.0
+            pixels = denormalize(x.detach(), self.mean, self.std)
+            start = torch.empty_like(pixels).uniform_(-eps, eps, generator=self._generator(x.device))
+            noisy = (pixels + start).clamp_(0.0, 1.0)
+            noise = noisy - pixels
+            x_sal = normalize(noisy, self.mean, self.std).to(x.dtype)
+        weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
+        saliency, grad, clean = _saliency_pass(model, x_sal, soft, clean_weight=weight, eval_mode=weight == 0)
+        params["saliency"] = saliency
+        if noise is not None:  # one FGSM step along the saliency gradient, scaled by u ~ U(0, 1)
+            eps, step = self.adv_eps / 255.0, (self.adv_eps + 2.0) / 255.0
+            coef = float(torch.rand((), generator=host))
+            params["noise"] = (noise + step * grad.sign().to(noise.dtype)).clamp_(-eps, eps).mul_(coef)
+            params["adv"] = (adv_own, adv_partner)
+        out = self.apply_params(x, soft, params)
+        logits = model(out.x)
+        loss = self._loss(criterion, logits, out.y)
+        if clean is not None:
+            loss = loss + clean
+        return StepResult(loss, logits, out)
+
+    def draw_params(self, x: Tensor, draws: Any) -> Params:
+        """Adds ``block_num``: the grid side ``G`` of this call (a host int), drawn on the host stream."""
+        params = super().draw_params(x, draws)
+        params["block_num"] = self._pick_block_num(draws.host)
+        return params
+
+    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+        """``lam``, ``index`` and ``block_num`` (the grid side of this call, a host int); a batch the
+        ``prob`` coin skips (``batch`` mode) gives ``identity=True`` params."""
+        params = super().sample_params(x, generator)
+        if "block_num" not in params and not params.get("identity", False):
+            # a base class without the draw_params hook: it neither flips the batch coin nor draws G
+            host = self._host_generator(generator)
+            if self.mode == "batch" and not host_coin(self.prob, host):
+                return {"lam": torch.ones(x.shape[0], device=x.device), "index": torch.arange(x.shape[0], device=x.device),
+                        "identity": True}
+            params["block_num"] = self._pick_block_num(host)
+        return params
+
+    def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """``params`` needs ``lam``, ``index``, ``block_num`` and ``saliency`` ``(B, H, W)``;
+        optional ``noise`` (pixel units) with ``adv`` (own, partner) flags."""
+        with torch.no_grad():
+            return self._mix(x, params)
+
+    # ------------------------------------------------------------------ internals
+    def _mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        batch, _, height, width = x.shape
+        grid = int(params["block_num"])  # a host int (or a CPU tensor in hand-built params)
+        index, lam = params["index"], params["lam"]
+        self._check_size(x, (grid,))
+        block = height // grid
+        t = self._transport_cell(block)
+        # one pooling of the full map, at the finest grid needed (see the module notes)
+        cells = height // t if self.transport else grid
+        s_cells = block_saliency(params["saliency"].float(), cells)
+        problem = puzzle_problem(s_cells, x, index, lam, grid, beta=self.beta, gamma=self.gamma, eta=self.eta,
+                                 neigh_size=self.neigh_size, n_labels=self.n_labels, mean=self.mean, std=self.std)
+        labels = solve_puzzle(problem, method=self.solver, iters=self.solver_iters)
+        mask = 1.0 - labels.float() / (self.n_labels - 1)  # (B, G, G)
+        mask = torch.where((lam >= 1.0).view(batch, 1, 1), 1.0, mask)  # lam = 1 (prob-skipped, alpha 0): unmixed
+
+        own, partner = x, gather_partner(x, index)
+        if "noise" in params:
+            adv_own, adv_partner = (bool(v) for v in params.get("adv", (True, True)))
+            pixels = denormalize(x, self.mean, self.std)
+            if adv_own:
+                own = normalize((pixels + params["noise"]).clamp_(0.0, 1.0), self.mean, self.std).to(x.dtype)
+            if adv_partner:
+                moved = (gather_partner(pixels, index) + params["noise"].index_select(0, index)).clamp_(0.0, 1.0)
+                partner = normalize(moved, self.mean, self.std).to(x.dtype)
+        if self.transport:
+            cell_mask = mask.repeat_interleave(cells // grid, 1).repeat_interleave(cells // grid, 2) if cells != grid else mask
+            both = mask_transport(torch.cat([cell_mask, 1.0 - cell_mask]), torch.cat([s_cells, s_cells.index_select(0, index)]), self.t_eps)
+            own = transport_blocks(own, both[:batch], cells)
+            partner = transport_blocks(partner, both[batch:], cells)
+        weight = mask.repeat_interleave(block, 1).repeat_interleave(block, 2).unsqueeze(1)  # (B, 1, H, W)
+        mixed = torch.empty_like(x)
+        torch.lerp(partner, own, weight.to(x.dtype), out=mixed)
+        return mixed, mask.flatten(1).mean(1), weight
+
+    def _pick_block_num(self, host: torch.Generator | None) -> int:
+        if len(self.block_nums) == 1:
+            return self.block_nums[0]
+        return self.block_nums[int(torch.randint(len(self.block_nums), (), generator=host))]
+
+    def _transport_cell(self, block: int) -> int:
+        """Transport cell side: ``t_size`` when it sub-divides the block, else the block."""
+        if self.t_size == -1 or self.t_size >= block or block % self.t_size:
+            return block
+        return self.t_size
+
+    def _check_size(self, x: Tensor, nums: Sequence[int] | None = None) -> None:
+        height, width = x.shape[-2:]
+        if height != width:
+            raise ValueError(f"PuzzleMix needs square images (a G x G block grid), got {height}x{width}")
+        bad = [g for g in (nums or self.block_nums) if height % g]
+        if bad:
+            fits = [g for g in range(2, height + 1) if height % g == 0 and g <= 32]
+            raise ValueError(
+                f"block_num {bad} does not divide the image side {height}: pass block_nums from {fits} "
+                f"(or pad the images)"
+            )
+
+    def _check_saliency(self, saliency: Tensor, x: Tensor) -> Tensor:
+        if not isinstance(saliency, Tensor):
+            raise TypeError(f"saliency must be a torch.Tensor, got {type(saliency).__name__}")
+        if saliency.ndim == 4 and saliency.shape[1] == 1:
+            saliency = saliency[:, 0]
+        if saliency.shape != (x.shape[0],) + tuple(x.shape[2:]):
+            raise ValueError(f"saliency must be (B, H, W) = {(x.shape[0],) + tuple(x.shape[2:])}, got {tuple(saliency.shape)}")
+        return saliency.detach()
+
+    def _loss(self, criterion: Any, logits: Tensor, target: Tensor) -> Tensor:
+        if self.loss == "soft_ce":
+            return criterion(logits, target)
+        log_p = F.log_softmax(logits.float(), dim=-1)  # nn.BCELoss(softmax(logits), target), log clamped at -100
+        log_q = torch.log1p(-log_p.exp())
+        target = target.to(log_p.dtype)
+        return -(target * log_p.clamp_min(-100.0) + (1 - target) * log_q.clamp_min(-100.0)).mean()
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        fields.update(block_nums=self.block_nums, beta=self.beta, gamma=self.gamma, eta=self.eta,
+                      neigh_size=self.neigh_size, n_labels=self.n_labels, transport=self.transport,
+                      t_eps=self.t_eps, t_size=self.t_size, loss=self.loss)
+        for name in ("clean_lam", "adv_p"):
+            if getattr(self, name):
+                fields[name] = getattr(self, name)
+        if self.mean is not None or self.std is not None:
+            fields.update(mean=self.mean, std=self.std)
+        if self.solver != "auto" or self.solver_iters is not None:
+            fields.update(solver=self.solver, solver_iters=self.solver_iters)
+        return fields
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` not above ``cap`` (at least 1)."""
+    for d in range(max(1, min(n, cap)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
