@@ -183,6 +183,25 @@ def test_mixer_lam_is_the_mask_mean_and_targets_follow(mode):
     torch.testing.assert_close(out.y, out.lam[:, None] * onehot + (1 - out.lam[:, None]) * onehot[out.index])
 
 
+def test_prob_zero_is_a_plain_step_without_saliency_pass():
+    model, calls = tiny_model(), []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4)
+    step = mix_step(model, puzzlemix(block_nums=(2,), prob=0.0), x, y)
+    assert len(calls) == 1  # one forward: no saliency pass
+    torch.testing.assert_close(step.mix.lam, torch.ones(4))
+    torch.testing.assert_close(step.loss, F.cross_entropy(model(x), y))
+
+
+def test_samples_skipped_by_elem_prob_stay_unmixed():
+    x = torch.rand(32, 3, 16, 16)
+    out = puzzlemix(block_nums=(4,), mode="elem", prob=0.5, seed=9)(x, torch.arange(32) % NUM_CLASSES,
+                                                                    saliency=torch.rand(32, 16, 16))
+    skipped = out.lam == 1
+    assert 3 < int(skipped.sum()) < 29
+    torch.testing.assert_close(out.x[skipped], x[skipped])
+
+
 def test_same_seed_same_mix():
     x, y, sal = torch.rand(6, 3, 16, 16), torch.arange(6) % NUM_CLASSES, torch.rand(6, 16, 16)
     first = puzzlemix(seed=5, block_nums=(4, 8))(x, y, saliency=sal)
@@ -342,6 +361,9 @@ def test_sizes_the_grid_does_not_divide_raise():
         puzzlemix(block_nums=(2,))(torch.rand(2, 3, 16, 8), torch.tensor([0, 1]), saliency=torch.rand(2, 16, 8))
     with pytest.raises(ValueError, match="expects 4-D"):
         puzzlemix()(torch.rand(2, 3, 16), torch.tensor([0, 1]), saliency=torch.rand(2, 16))
+    with pytest.raises(ValueError, match="mean/std need 1 or 3 values"):
+        puzzlemix(block_nums=(2,), mean=[0.5, 0.5], std=[0.2, 0.2])(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
+                                                                  saliency=torch.rand(2, 8, 8))
     with pytest.raises(ValueError, match="saliency must be"):
         puzzlemix(block_nums=(2,))(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), saliency=torch.rand(2, 4, 4))
 

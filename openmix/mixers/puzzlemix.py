@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.checks import check_number
-from openmix.mixer import Mixer, Params, gather_partner
+from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.sampling import host_coin
@@ -582,24 +582,31 @@ def transport_blocks(images: Tensor, source: Tensor, grid: int) -> Tensor:
 # ============================================================================ saliency
 def denormalize(x: Tensor, mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None) -> Tensor:
     """``x * std + mean`` per channel (``x`` unchanged when both are ``None``)."""
-    if mean is None and std is None:
-        return x
-    channels = x.shape[1]
-    m = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device).reshape(-1)
-    s = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device).reshape(-1)
-    shape = (1, channels) + (1,) * (x.ndim - 2)
-    return x * s.expand(channels).reshape(shape) + m.expand(channels).reshape(shape)
+    if std is not None:
+        x = x * _per_channel(std, x)
+    if mean is not None:
+        x = x + _per_channel(mean, x)
+    return x
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None) -> Tensor:
     """The inverse of :func:`denormalize`."""
-    if mean is None and std is None:
-        return x
+    if mean is not None:
+        x = x - _per_channel(mean, x)
+    if std is not None:
+        x = x / _per_channel(std, x)
+    return x
+
+
+def _per_channel(values: Sequence[float] | Tensor, x: Tensor) -> Tensor:
+    """``values`` (one, or one per channel) shaped to broadcast over ``x`` ``(B, C, ...)``.
+
+    A tensor already on ``x``'s device is used as it is (no host-to-device copy)."""
+    v = torch.as_tensor(values, dtype=x.dtype, device=x.device).reshape(-1)
     channels = x.shape[1]
-    m = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device).reshape(-1)
-    s = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device).reshape(-1)
-    shape = (1, channels) + (1,) * (x.ndim - 2)
-    return (x - m.expand(channels).reshape(shape)) / s.expand(channels).reshape(shape)
+    if v.numel() not in (1, channels):
+        raise ValueError(f"mean/std need 1 or {channels} values (one per channel), got {v.numel()}")
+    return v.expand(channels).reshape((1, channels) + (1,) * (x.ndim - 2))
 
 
 @contextlib.contextmanager
@@ -640,8 +647,10 @@ def _saliency_pass(model: nn.Module, x: Tensor, target: Tensor, clean_weight: fl
 
     keep = clean_weight > 0
     x_in = x.detach().requires_grad_(True)
-    sync = getattr(model, "no_sync", None)  # DDP: this pass must not arm a gradient all-reduce
-    with torch.enable_grad(), _modes(model, not eval_mode), (sync() if callable(sync) and not keep else contextlib.nullcontext()):
+    # DDP: this forward must not arm the all-reduce (the mixed forward does; with clean_lam the
+    # one backward through both graphs accumulates each parameter's gradient before its hook)
+    sync = getattr(model, "no_sync", None)
+    with torch.enable_grad(), _modes(model, not eval_mode), (sync() if callable(sync) else contextlib.nullcontext()):
         logits = model(x_in)
         loss = soft_cross_entropy(logits, target)
         scaled = loss * clean_weight if keep else loss
@@ -745,6 +754,7 @@ class PuzzleMix(Mixer):
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
         self.solver, self.solver_iters = solver, solver_iters
+        self._stats_cache: dict[Any, tuple[Tensor | None, Tensor | None]] = {}
 
     # ------------------------------------------------------------------ calls
     def forward(self, x: Tensor, y: Tensor, *, saliency: Tensor | None = None,
@@ -791,11 +801,12 @@ class PuzzleMix(Mixer):
         noise, x_sal = None, x
         if adv_own or adv_partner:  # random start, in pixel space (official main.py)
             eps = self.adv_eps / 255.0
-            pixels = denormalize(x.detach(), self.mean, self.std)
+            mean, std = self._stats(x)
+            pixels = denormalize(x.detach(), mean, std)
             start = torch.empty_like(pixels).uniform_(-eps, eps, generator=self._generator(x.device))
             noisy = (pixels + start).clamp_(0.0, 1.0)
             noise = noisy - pixels
-            x_sal = normalize(noisy, self.mean, self.std).to(x.dtype)
+            x_sal = normalize(noisy, mean, std).to(x.dtype)
         weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
         saliency, grad, clean = _saliency_pass(model, x_sal, soft, clean_weight=weight, eval_mode=weight == 0)
         params["saliency"] = saliency
@@ -811,23 +822,10 @@ class PuzzleMix(Mixer):
             loss = loss + clean
         return StepResult(loss, logits, out)
 
-    def draw_params(self, x: Tensor, draws: Any) -> Params:
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
         """Adds ``block_num``: the grid side ``G`` of this call (a host int), drawn on the host stream."""
         params = super().draw_params(x, draws)
         params["block_num"] = self._pick_block_num(draws.host)
-        return params
-
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
-        """``lam``, ``index`` and ``block_num`` (the grid side of this call, a host int); a batch the
-        ``prob`` coin skips (``batch`` mode) gives ``identity=True`` params."""
-        params = super().sample_params(x, generator)
-        if "block_num" not in params and not params.get("identity", False):
-            # a base class without the draw_params hook: it neither flips the batch coin nor draws G
-            host = self._host_generator(generator)
-            if self.mode == "batch" and not host_coin(self.prob, host):
-                return {"lam": torch.ones(x.shape[0], device=x.device), "index": torch.arange(x.shape[0], device=x.device),
-                        "identity": True}
-            params["block_num"] = self._pick_block_num(host)
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
@@ -847,8 +845,9 @@ class PuzzleMix(Mixer):
         # one pooling of the full map, at the finest grid needed (see the module notes)
         cells = height // t if self.transport else grid
         s_cells = block_saliency(params["saliency"].float(), cells)
+        mean, std = self._stats(x)
         problem = puzzle_problem(s_cells, x, index, lam, grid, beta=self.beta, gamma=self.gamma, eta=self.eta,
-                                 neigh_size=self.neigh_size, n_labels=self.n_labels, mean=self.mean, std=self.std)
+                                 neigh_size=self.neigh_size, n_labels=self.n_labels, mean=mean, std=std)
         labels = solve_puzzle(problem, method=self.solver, iters=self.solver_iters)
         mask = 1.0 - labels.float() / (self.n_labels - 1)  # (B, G, G)
         mask = torch.where((lam >= 1.0).view(batch, 1, 1), 1.0, mask)  # lam = 1 (prob-skipped, alpha 0): unmixed
@@ -856,12 +855,12 @@ class PuzzleMix(Mixer):
         own, partner = x, gather_partner(x, index)
         if "noise" in params:
             adv_own, adv_partner = (bool(v) for v in params.get("adv", (True, True)))
-            pixels = denormalize(x, self.mean, self.std)
+            pixels = denormalize(x, mean, std)
             if adv_own:
-                own = normalize((pixels + params["noise"]).clamp_(0.0, 1.0), self.mean, self.std).to(x.dtype)
+                own = normalize((pixels + params["noise"]).clamp_(0.0, 1.0), mean, std).to(x.dtype)
             if adv_partner:
                 moved = (gather_partner(pixels, index) + params["noise"].index_select(0, index)).clamp_(0.0, 1.0)
-                partner = normalize(moved, self.mean, self.std).to(x.dtype)
+                partner = normalize(moved, mean, std).to(x.dtype)
         if self.transport:
             cell_mask = mask.repeat_interleave(cells // grid, 1).repeat_interleave(cells // grid, 2) if cells != grid else mask
             both = mask_transport(torch.cat([cell_mask, 1.0 - cell_mask]), torch.cat([s_cells, s_cells.index_select(0, index)]), self.t_eps)
@@ -871,6 +870,15 @@ class PuzzleMix(Mixer):
         mixed = torch.empty_like(x)
         torch.lerp(partner, own, weight.to(x.dtype), out=mixed)
         return mixed, mask.flatten(1).mean(1), weight
+
+    def _stats(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``mean``/``std`` as tensors on ``x``'s device, made once: a host-to-device copy waits
+        for the device, so it must not happen every call."""
+        key = (x.device, x.dtype)
+        if key not in self._stats_cache:
+            self._stats_cache[key] = tuple(None if v is None else torch.tensor(v, dtype=x.dtype, device=x.device)
+                                           for v in (self.mean, self.std))
+        return self._stats_cache[key]
 
     def _pick_block_num(self, host: torch.Generator | None) -> int:
         if len(self.block_nums) == 1:
