@@ -42,7 +42,8 @@ def mini_wrn(**kwargs) -> PreActResNet:
 
 # Real-valued checks run on the small models (and the mini WRN); the big ones share their code
 # (CifarResNet, PreActResNet) and are checked for shapes on the meta device, which computes nothing.
-NUMERIC = {name: functools.partial(create_model, name, num_classes=10) for name in SMALL} | {"mini_wrn": mini_wrn}
+NUMERIC = {name: functools.partial(create_model, name, num_classes=10) for name in (*SMALL, "small_convnet")} | {
+    "mini_wrn": mini_wrn}
 
 
 @functools.cache
@@ -77,8 +78,20 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_available_models_lists_the_cifar_names_sorted():
-    assert available_models() == sorted(CIFAR_MODELS)
+def test_available_models_lists_openmix_names_sorted():
+    assert available_models() == sorted((*CIFAR_MODELS, "small_convnet"))
+
+
+@torch.no_grad()
+def test_small_convnet_fits_fashion_mnist_and_splits_into_stages():
+    model = create_model("small_convnet", num_classes=10, in_chans=1).eval()
+    assert sum(p.numel() for p in model.parameters()) == 79_426
+    x = images(in_chans=1, size=28)
+    stages = split_stages(model)
+    assert len(stages) == 4 and run_stages(stages, x).shape == (2, 96, 7, 7)
+    torch.testing.assert_close(model.forward_head(run_stages(stages, x)), model(x))
+    with pytest.raises(ValueError, match="widths"):
+        create_model("small_convnet", widths=(8, 16))
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)

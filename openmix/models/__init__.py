@@ -1,7 +1,8 @@
 """Backbones: CIFAR-stem ResNets by name, any timm model by name, and the stage split for feature mixers.
 
 * :func:`create_model` builds ``cifar_resnet18/34/50``, ``cifar_resnext50_32x4d``,
-  ``cifar_preact_resnet18``, ``cifar_wrn28_8`` (3x3 stride-1 stem, no max-pool), or any timm
+  ``cifar_preact_resnet18``, ``cifar_wrn28_8`` (3x3 stride-1 stem, no max-pool),
+  ``small_convnet`` (a compact VGG-style net that trains Fashion-MNIST fast on a CPU), or any timm
   model. Every model has ``forward_features`` and ``forward_head`` with
   ``forward_head(forward_features(x)) == forward(x)``.
 * ``model.stages`` on the CIFAR models, and :func:`split_stages` on them and on timm's
@@ -32,6 +33,7 @@ from openmix.models.resnet import (
     cifar_resnext50_32x4d,
     resnet_stages,
 )
+from openmix.models.small import SmallConvNet, small_convnet
 from openmix.models.stages import split_stages
 
 __all__ = [
@@ -48,4 +50,6 @@ __all__ = [
     "cifar_resnext50_32x4d",
     "cifar_preact_resnet18",
     "cifar_wrn28_8",
+    "SmallConvNet",
+    "small_convnet",
 ]

@@ -11,6 +11,7 @@ import torch.nn as nn
 from openmix.checks import check_int
 from openmix.models.preact_resnet import cifar_preact_resnet18, cifar_wrn28_8
 from openmix.models.resnet import cifar_resnet18, cifar_resnet34, cifar_resnet50, cifar_resnext50_32x4d
+from openmix.models.small import small_convnet
 
 __all__ = ["create_model", "available_models"]
 
@@ -21,11 +22,12 @@ _CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnext50_32x4d": cifar_resnext50_32x4d,
     "cifar_preact_resnet18": cifar_preact_resnet18,
     "cifar_wrn28_8": cifar_wrn28_8,
+    "small_convnet": small_convnet,
 }
 
 
 def available_models() -> list[str]:
-    """The sorted names of the CIFAR-stem models (any timm model name is accepted as well).
+    """The sorted names of openmix's own models (any timm model name is accepted as well).
 
     Example:
         >>> available_models()[:2]

@@ -13,6 +13,7 @@ from timm.models.resnetv2 import ResNetV2
 
 from openmix.models.preact_resnet import PreActResNet
 from openmix.models.resnet import resnet_stages
+from openmix.models.small import SmallConvNet
 
 __all__ = ["split_stages"]
 
@@ -24,7 +25,7 @@ _STEM_STAGES_TAIL: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (ByobNet, ("final_conv",)),
     (NormFreeNet, ("final_conv", "final_act")),
 )
-_SUPPORTED = "openmix CIFAR models and timm's ResNet/ResNeXt, ResNetV2, ConvNeXt, RegNet, CspNet, ByobNet, NormFreeNet"
+_SUPPORTED = "openmix models (CIFAR-stem ResNets, small_convnet) and timm's ResNet/ResNeXt, ResNetV2, ConvNeXt, RegNet, CspNet, ByobNet, NormFreeNet"
 
 
 def split_stages(model: nn.Module) -> list[nn.Module]:
@@ -57,7 +58,7 @@ def split_stages(model: nn.Module) -> list[nn.Module]:
         >>> torch.allclose(model.forward_head(h), model(x))
         True
     """
-    if isinstance(model, PreActResNet):
+    if isinstance(model, (PreActResNet, SmallConvNet)):
         return list(model.stages)
     if isinstance(model, ResNet):
         return resnet_stages(model)
