@@ -120,7 +120,10 @@ def host_beta(alpha: float, generator: torch.Generator | None = None) -> float:
     """
     if alpha == 0:
         return 1.0
-    return beta(alpha, 1, generator=generator).item()
+    if alpha < 0.5:  # the log-space draw of beta()
+        return beta(alpha, 1, generator=generator).item()
+    g0, g1 = torch._standard_gamma(torch.full((2,), float(alpha)), generator=generator).tolist()
+    return g0 / (g0 + g1) if g0 + g1 > 0 else 0.5
 
 
 def host_uniform(n: int, generator: torch.Generator | None = None) -> list[float]:

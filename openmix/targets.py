@@ -71,16 +71,16 @@ def mix_targets(y: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
         tensor([[0.7500, 0.2500],
                 [0.2500, 0.7500]])
     """
-    weight = (1.0 - lam).to(y.dtype).unsqueeze(1) if isinstance(lam, Tensor) else 1.0 - lam
-    return torch.lerp(y, y.index_select(0, index), weight)
+    weight = lam.to(y.dtype).unsqueeze(1) if isinstance(lam, Tensor) else lam
+    return torch.lerp(y.index_select(0, index), y, weight)  # partner + lam * (y - partner)
 
 
 def _check_range(y: Tensor, num_classes: int) -> None:
     if y.numel() == 0:
         return
     if y.device.type == "cpu":
-        low, high = torch.aminmax(y)
+        low, high = (int(v) for v in torch.aminmax(y))
         if low < 0 or high >= num_classes:
-            raise ValueError(f"class ids must be in [0, {num_classes}), got values in [{int(low)}, {int(high)}]")
+            raise ValueError(f"class ids must be in [0, {num_classes}), got values in [{low}, {high}]")
     else:
         torch._assert_async(((y >= 0) & (y < num_classes)).all(), f"class ids must be in [0, {num_classes})")

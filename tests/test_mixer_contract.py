@@ -265,3 +265,26 @@ class TestBadInput:
     def test_inputs_not_a_tensor(self, name):
         with pytest.raises(TypeError, match="torch.Tensor"):
             build(name)([[1.0]], labels(1))
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_batch_host_draws_mix_as_the_general_path(name):
+    """Batch mode mixes from host numbers (scalar lam, one host box/grid/blob); the same params given
+    per sample (as on another device, or built by hand) take the general path and give the same result."""
+    x, y = images(6), torch.nn.functional.one_hot(labels(6), NUM_CLASSES).float()
+    mixer = build(name, mode="batch", seed=3)
+    for _ in range(4):
+        params = mixer.sample_params(x)
+        if params.get("identity", False):
+            continue
+        general = {
+            key: value.expand(6, -1).contiguous() if torch.is_tensor(value) and value.ndim == 2 and value.shape[0] == 1
+            else value
+            for key, value in params.items()
+            if key != "batch_lam"
+        }
+        fast, slow = mixer.apply_params(x, y, params), mixer.apply_params(x, y, general)
+        torch.testing.assert_close(fast.x, slow.x)
+        torch.testing.assert_close(fast.lam, slow.lam)
+        torch.testing.assert_close(fast.y, slow.y)
+        torch.testing.assert_close(fast.mask, slow.mask)

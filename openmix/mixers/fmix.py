@@ -146,7 +146,7 @@ def _top_mask(field: Tensor, lam: float) -> tuple[Tensor, float]:
     exact and known on the host.
     """
     size = field.numel()
-    num = min(max(round(lam * size), 0), size)
+    num = int(torch.tensor(lam, dtype=torch.float32).mul_(size).round_())  # as binarise rounds the float32 lam
     flat = field.reshape(-1)
     if num * 2 <= size:
         mask = torch.zeros(size, device=field.device)

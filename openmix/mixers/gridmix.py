@@ -162,10 +162,12 @@ def _host_grid_mask(
     mask = torch.ones((1, 1, *spatial), device=device)
     if lam >= 1.0:
         return mask, 1.0
-    ratio = math.sqrt(1.0 - lam)
+    # the hole sides in float32, as the per-sample path computes them from the float32 lam
+    lam32 = torch.tensor([lam], dtype=torch.float32)
+    holes = torch.tensor(cell, dtype=torch.float32).mul_(torch.sqrt(1.0 - lam32)).floor_()
     pieces, counts = [], []
-    for axis in range(2):
-        hole = min(max(math.floor(cell[axis] * ratio), 1), cell[axis] - 1)
+    for axis, side in enumerate(holes.tolist()):
+        hole = min(max(int(side), 1), cell[axis] - 1)
         whole = size[axis] // cell[axis]
         tail = min(hole, size[axis] - whole * cell[axis])
         axis_pieces = []
