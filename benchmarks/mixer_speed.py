@@ -90,16 +90,33 @@ Case = tuple[str, str, str, Callable[[], tuple[Callable[[object], object], Calla
 
 
 def openmix_cases(names: list[str], x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[Case]:
+    """One case per openmix mixer and mode. On CUDA every call runs under
+    ``torch.cuda.set_sync_debug_mode("error")``: a call that makes the host wait on the GPU
+    raises, and the row reports the error instead of a time."""
     cases: list[Case] = []
     for name in names:
         for mode in ("batch", "elem"):
 
             def make(name=name, mode=mode):
                 mixer = openmix.build(name, num_classes=num_classes, mode=mode)
-                return (lambda _: mixer(x, y)), None
+                if x.device.type != "cuda":
+                    return (lambda _: mixer(x, y)), None
+                mixer(x, y)  # lazy initialisation (cached tensors, cuFFT plans) may sync once
+                torch.cuda.synchronize(x.device)
+                return (lambda _: sync_free(mixer, x, y)), None
 
             cases.append(("openmix", name, mode, make))
     return cases
+
+
+def sync_free(mixer: openmix.Mixer, x: torch.Tensor, y: torch.Tensor) -> object:
+    """``mixer(x, y)`` with CUDA's sync debug mode at ``"error"``, the previous mode restored after."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return mixer(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def peer_cases(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[Case]:
@@ -350,6 +367,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     notes = findings(rows)
     if notes:
         print("\nopenmix rows over target or slower than a peer:\n" + "\n".join(f"- {n}" for n in notes))
+    failed = [r for r in rows if r.library == "openmix" and math.isnan(r.ms)]
+    if failed:
+        print("\nopenmix rows that failed (on CUDA: a host-device sync under set_sync_debug_mode('error')):\n"
+              + "\n".join(f"- {r.method} {r.mode} {r.device} {'x'.join(map(str, r.shape))}: {r.note}" for r in failed))
     if torch.cuda.is_available():
         syncing = sync_free_check(args.mixers, args.num_classes)
         print("\nsync-free check (set_sync_debug_mode('error')): "
@@ -368,4 +389,5 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
-    main()
+    table_rows = main()
+    sys.exit(1 if any(r.library == "openmix" and math.isnan(r.ms) for r in table_rows) else 0)

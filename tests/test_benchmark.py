@@ -1,0 +1,47 @@
+"""benchmarks/mixer_speed.py: runs on CPU, and on CUDA times openmix calls under sync debug mode "error"."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "mixer_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("mixer_speed", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_small_cpu_run_prints_a_table(bench, capsys):
+    rows = bench.main(["--device", "cpu", "--sizes", "4x3x8x8", "--repeat", "3", "--no-peers",
+                       "--mixers", "mixup", "cutmix"])
+    assert {(r.library, r.method, r.mode) for r in rows} >= {("openmix", "cutmix", "batch"), ("openmix", "mixup", "elem")}
+    assert all(r.ms > 0 for r in rows)
+    assert "| openmix | cutmix | batch | 4x3x8x8 | cpu |" in capsys.readouterr().out
+
+
+def test_sync_free_runs_the_call_in_error_mode_and_restores_the_mode(bench, monkeypatch):
+    modes = ["warn"]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    seen = []
+
+    def mixer(x, y):
+        seen.append(modes[-1])
+        raise RuntimeError("called a synchronizing CUDA operation")
+
+    with pytest.raises(RuntimeError, match="synchronizing"):
+        bench.sync_free(mixer, None, None)
+    assert seen == ["error"] and modes[-1] == "warn"
