@@ -6,6 +6,11 @@ and ``result.json``: one row (schema 1), written atomically when the run ends.
 A sweep is a folder of run folders, nested at any depth (Hydra's
 ``multirun/<date>/<time>/<job_num>/``). Accuracies are in percent.
 
+A run is identified by its *defining settings* (:func:`defining_settings`): every setting
+of its config except those in :data:`NOT_DEFINING` (where data is read and results are
+written, worker counts, console output). :func:`run_id` hashes them for the folder name, and
+:func:`setting_differences` says how two configs differ in them.
+
 Example:
     >>> import tempfile
     >>> sweep = Path(tempfile.mkdtemp())
@@ -18,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -43,7 +49,12 @@ __all__ = [
     "median_of_last",
     "read_metrics",
     "append_metrics",
+    "keep_metrics_until",
     "example_row",
+    "NOT_DEFINING",
+    "defining_settings",
+    "run_id",
+    "setting_differences",
 ]
 
 SCHEMA = 1
@@ -66,6 +77,17 @@ _IS = {
 }
 
 PathLike = str | os.PathLike
+
+# Settings (dotted paths, each with everything below it) that do not change what a run computes:
+# its name and folders, where data is read, worker and progress settings, the accelerator and
+# strategy (the devices and nodes, which set the global batch, do define it), and what to do
+# with an existing folder. ``published_alpha`` only feeds ``mixer.alpha``, which is defining.
+NOT_DEFINING = frozenset({
+    "hydra", "name", "out_dir", "run_dir", "skip_done", "resume", "print_table", "published_alpha",
+    "channels_last", "data.root", "data.num_workers", "data.download", "data.pin_memory",
+    "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.max_time", "trainer.profiler",
+})
 
 
 class ResultWarning(UserWarning):
@@ -266,6 +288,81 @@ def find_results(paths: PathLike | Iterable[PathLike]) -> list[dict[str, Any]]:
     return rows
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _canonical(value: Any) -> Any:
+    """One spelling per value: ``1.0`` and ``1`` are the same setting."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value
+
+
+def _defining(config: Mapping[str, Any]) -> dict[str, Any]:
+    flat = _flatten(config)
+    keep = {
+        key: value
+        for key, value in flat.items()
+        if value is not None and not any(key == k or key.startswith(k + ".") for k in NOT_DEFINING)
+    }
+    return dict(sorted(keep.items()))
+
+
+def defining_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved run config that define the run, as ``{"dotted.key": value}``.
+
+    Everything except the keys in :data:`NOT_DEFINING` (and what lies below them); a null
+    value counts as not set (configs use null for "the default"), and integral floats as ints.
+
+    Example:
+        >>> defining_settings({"seed": 0, "out_dir": "runs", "mixer": {"name": "cutmix", "alpha": 1.0, "minmax": None}})
+        {'mixer.alpha': 1, 'mixer.name': 'cutmix', 'seed': 0}
+    """
+    return {key: _canonical(value) for key, value in _defining(config).items()}
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """Eight hex digits identifying a run: a hash of its :func:`defining_settings`.
+
+    Example:
+        >>> a = run_id({"seed": 0, "mixer": {"name": "cutmix", "alpha": 0.2}, "data": {"root": "data"}})
+        >>> a == run_id({"seed": 0, "mixer": {"alpha": 0.2, "name": "cutmix"}, "data": {"root": "/scratch"}})
+        True
+        >>> a == run_id({"seed": 0, "mixer": {"name": "cutmix", "alpha": 1.0}, "data": {"root": "data"}})
+        False
+    """
+    text = json.dumps(defining_settings(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+_ABSENT = "<not set>"
+
+
+def setting_differences(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, value in first, value in second)`` for each defining setting in which two configs differ.
+
+    Example:
+        >>> setting_differences({"mixer": {"alpha": 0.2}, "seed": 0}, {"mixer": {"alpha": 1.0}, "seed": 0})
+        [('mixer.alpha', 0.2, 1.0)]
+    """
+    a, b = _defining(first), _defining(second)
+    return [
+        (key, a.get(key, _ABSENT), b.get(key, _ABSENT))
+        for key in sorted(set(a) | set(b))
+        if _canonical(a.get(key, _ABSENT)) != _canonical(b.get(key, _ABSENT))
+    ]
+
+
 def median_of_last(values: Sequence[float], n: int = 10) -> float:
     """Median of the last ``n`` values: OpenMixup's published metric (top-1, last 10 epochs).
 
@@ -342,3 +439,39 @@ def append_metrics(run_dir: PathLike, line: Mapping[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(dict(line))
+
+
+def keep_metrics_until(run_dir: PathLike, epoch: int) -> None:
+    """Drop the lines of ``run_dir/metrics.csv`` after ``epoch`` (a run restarting there rewrites them).
+
+    The file is replaced in one step; nothing happens when it is missing or has no such lines.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> for epoch in (1, 2, 3):
+        ...     append_metrics(run, {"epoch": epoch, "val_top1": 5.0 * epoch})
+        >>> keep_metrics_until(run, 1)
+        >>> [line["epoch"] for line in read_metrics(run)]
+        [1]
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    if not lines or "epoch" not in lines[0]:
+        return
+    column = lines[0].index("epoch")
+
+    def keep(line: list[str]) -> bool:
+        value = _number(line[column]) if column < len(line) else None
+        return not isinstance(value, (int, float)) or value <= epoch
+
+    kept = [lines[0], *filter(keep, lines[1:])]
+    if len(kept) == len(lines):
+        return
+    temp = path.with_name(f".{METRICS_FILE}.tmp")
+    with temp.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(temp, path)
