@@ -56,6 +56,20 @@ def test_table_has_mean_and_std_over_seeds(capsys, sweep):
     assert cells(out, "method") == ["method", "alpha", "200", "400"]
 
 
+def test_runs_shorter_than_10_epochs_show_the_final_top1_beside_the_median(capsys, tmp_path):
+    for seed, (median, final) in enumerate([(40.0, 50.0), (42.0, 54.0)]):
+        make_run(tmp_path / f"short{seed}", "cutmix", 3, seed, median, top1_final=final)
+        make_run(tmp_path / f"long{seed}", "cutmix", 200, seed, 78.0 + seed, top1_final=70.0)
+    code, out, _ = report(capsys, tmp_path)
+    assert code == 0
+    [header] = [line for line in out.splitlines() if line.startswith("| method")]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["method", "alpha", "3", "3 final", "200"]
+    assert cells(out, "cutmix") == ["cutmix", "0.2", "41.00 ± 1.41", "52.00 ± 2.83", "78.50 ± 0.71"]
+    assert "final = top-1 of the last epoch" in out
+    code, out, _ = report(capsys, tmp_path, "--metric", "top1_final")  # no second column of the same numbers
+    assert "final |" not in out and cells(out, "cutmix")[2] == "52.00 ± 2.83"
+
+
 def test_rows_without_paper_are_vanilla_first_then_alphabetical(capsys, sweep):
     write_result(sweep / "extra", example_row(mixer="alignmix", alpha=2.0, epochs=200))
     _, out, _ = report(capsys, sweep)

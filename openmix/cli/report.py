@@ -7,7 +7,9 @@ Usage::
 
 Rows are methods (a mixer and its alpha), columns the values of ``--columns`` (epoch
 budgets by default); a cell is the mean ± sample std over seeds. Runs of different
-(data, model) get one table each. ``--paper`` names a CSV shipped in ``openmix/published/`` (``benchmarks/published/`` in a checkout)
+(data, model) get one table each. Beside a ``top1_median10`` column of runs shorter than 10
+epochs (whose median is over fewer epochs than the metric means) comes a ``final`` column: the
+top-1 of the last epoch. ``--paper`` names a CSV shipped in ``openmix/published/`` (``benchmarks/published/`` in a checkout)
 (or gives a path to one) and puts the published value and ``ours - published`` beside
 each of our columns.
 """
@@ -46,6 +48,7 @@ PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "published"  # shipped ins
 COLUMN_KEYS = ("epochs", "data", "model")
 METRICS = ("top1_median10", "top1_final", "top1_best", "top5_final", "wall_time_s", "images_per_s")
 _GROUP_KEYS = ("data", "model", "epochs")
+MEDIAN_EPOCHS = 10  # top1_median10 is the median of the last 10 epochs
 
 MethodKey = tuple[str, float | None]  # (mixer, alpha)
 
@@ -155,14 +158,15 @@ class Line:
     alpha: float | None
     cells: dict[str, list[float]] = field(default_factory=dict)
     published: PublishedRow | None = None
+    finals: dict[str, list[float]] = field(default_factory=dict)  # top1_final per column, for short runs
 
-    def mean(self, column: str) -> float | None:
-        values = self.cells.get(column)
+    def mean(self, column: str, final: bool = False) -> float | None:
+        values = (self.finals if final else self.cells).get(column)
         return statistics.fmean(values) if values else None
 
-    def std(self, column: str) -> float | None:
+    def std(self, column: str, final: bool = False) -> float | None:
         """Sample standard deviation over seeds; ``None`` for fewer than two."""
-        values = self.cells.get(column, [])
+        values = (self.finals if final else self.cells).get(column, [])
         return statistics.stdev(values) if len(values) > 1 else None
 
     def n(self, column: str) -> int:
@@ -187,6 +191,7 @@ class Table:
     lines: list[Line]
     paper: Published | None = None
     note: str = ""
+    final_columns: list[str] = field(default_factory=list)  # columns with runs shorter than MEDIAN_EPOCHS
 
 
 def _column_order(columns: Iterable[str]) -> list[str]:
@@ -235,6 +240,8 @@ def build_tables(
     paper's order when ``paper`` is given (its rows without runs included), then vanilla,
     then the other mixers alphabetically. The paper goes with the tables whose data and
     model it names; when it names those of no table, with every table (and a warning).
+    With ``metric="top1_median10"``, the columns holding runs shorter than 10 epochs are
+    listed in ``Table.final_columns`` and their ``top1_final`` values kept in ``Line.finals``.
 
     Example:
         >>> from openmix.results import example_row
@@ -261,8 +268,15 @@ def build_tables(
         chosen[key] = row
 
     grouped: dict[tuple, dict[MethodKey, dict[str, list[float]]]] = {}
+    finals: dict[tuple, dict[MethodKey, dict[str, list[float]]]] = {}
+    short: dict[tuple, set[str]] = {}
     for (group, mixer, alpha, col, _), row in chosen.items():
         grouped.setdefault(group, {}).setdefault((mixer, alpha), {}).setdefault(col, []).append(float(row[metric]))
+        if metric == "top1_median10" and row["epochs"] < MEDIAN_EPOCHS:
+            short.setdefault(group, set()).add(col)
+            if row["top1_final"] is not None:
+                finals.setdefault(group, {}).setdefault((mixer, alpha), {}).setdefault(col, []).append(
+                    float(row["top1_final"]))
 
     groups = [dict(zip(group_keys, group)) for group in sorted(grouped)]
     anywhere = paper is not None and not any(paper.applies_to(group) for group in groups)
@@ -272,6 +286,7 @@ def build_tables(
     tables = []
     for group in groups:
         methods = grouped[tuple(group.values())]
+        method_finals = finals.get(tuple(group.values()), {})
         compare = paper if paper is not None and (anywhere or paper.applies_to(group)) else None
         note = ""
         if paper is not None and compare is None:
@@ -283,11 +298,12 @@ def build_tables(
             if key is None:
                 lines.append(Line(prow.method, prow.mixer, None, {}, prow))
             else:
-                lines.append(Line(prow.method, key[0], key[1], methods[key], prow))
+                lines.append(Line(prow.method, key[0], key[1], methods[key], prow, method_finals.get(key, {})))
         for key in sorted(set(methods) - set(matched.values()), key=_method_order):
-            lines.append(Line(key[0], key[0], key[1], methods[key]))
+            lines.append(Line(key[0], key[0], key[1], methods[key], finals=method_finals.get(key, {})))
         columns = _column_order(c for cells in methods.values() for c in cells)
-        tables.append(Table(group, column, metric, columns, lines, compare, note))
+        final_columns = [c for c in columns if c in short.get(tuple(group.values()), set())]
+        tables.append(Table(group, column, metric, columns, lines, compare, note, final_columns))
     return tables
 
 
@@ -309,12 +325,18 @@ def _title(table: Table) -> str:
     return " · ".join(f"{v} epochs" if k == "epochs" else str(v) for k, v in table.group.items())
 
 
+def _cell(line: Line, column: str, final: bool = False) -> str:
+    std = line.std(column, final)
+    return _num(line.mean(column, final)) + (f" ± {std:.2f}" if std is not None else "")
+
+
 def format_markdown(tables: Sequence[Table]) -> str:
     """The tables as Markdown, each under a heading naming its group.
 
     A cell reads ``mean ± std`` (std left out for one seed), followed by ``(n=k)`` when
     the seed counts differ within the table. With a paper, each column ``c`` has
-    ``c pub`` (published) and ``c Δ`` (ours − published) beside it.
+    ``c pub`` (published) and ``c Δ`` (ours − published) beside it. A column of
+    ``Table.final_columns`` has ``c final`` (the last epoch's top-1) beside it.
 
     Example:
         >>> from openmix.results import example_row
@@ -339,19 +361,24 @@ def format_markdown(tables: Sequence[Table]) -> str:
             notes = sorted({line.published.note for line in table.lines if line.published and line.published.note})
             caption += "".join(f"; note: {note}" for note in notes)
         caption += f"; {table.note}" if table.note else ""
+        if table.final_columns:
+            caption += (f"; final = top-1 of the last epoch, beside runs shorter than {MEDIAN_EPOCHS} epochs "
+                        f"(their median is over fewer epochs)")
         header = ["method"] + (["mixer"] if table.paper else []) + ["alpha"]
         body = []
         for line in table.lines:
             cells = [line.method] + ([line.mixer] if table.paper else []) + [_alpha_text(line)]
             for c in table.columns:
-                n, std = line.n(c), line.std(c)
-                ours = _num(line.mean(c)) + (f" ± {std:.2f}" if std is not None else "")
-                cells.append(ours + (f" (n={n})" if n and len(counts) > 1 else ""))
+                n = line.n(c)
+                cells.append(_cell(line, c) + (f" (n={n})" if n and len(counts) > 1 else ""))
+                if c in table.final_columns:
+                    cells.append(_cell(line, c, final=True))
                 if table.paper:
                     cells += [_num(line.pub(c)), _num(line.diff(c), "+.2f")]
             body.append(cells)
         for c in table.columns:
-            header += [c] + ([f"{c} pub", f"{c} Δ"] if table.paper else [])
+            header += [c] + ([f"{c} final"] if c in table.final_columns else [])
+            header += [f"{c} pub", f"{c} Δ"] if table.paper else []
         width = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         left = 1 + bool(table.paper)  # method (and mixer) left-aligned, the rest right-aligned
 
