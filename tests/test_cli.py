@@ -1,12 +1,13 @@
 """openmix-train / -report / -show end to end: configs, runs, sweeps, resume, bad input."""
 
 import csv
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 import openmix
 from openmix.cli.train import CONFIG_DIR, ConfigError, train, validate
 from openmix.lightning import MixupClassifier
-from openmix.results import read_result
+from openmix.results import example_row, read_result, write_result
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 MIXER_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "mixer").glob("*.yaml"))
@@ -31,14 +32,30 @@ def compose_cfg(*overrides: str, config: str = "train"):
         return compose(config, overrides=list(overrides))
 
 
-def run(tmp_path: Path, *overrides: str, run_dir: str = "run") -> dict:
+def run(tmp_path: Path, *overrides: str, run_dir: str = "run", callbacks=()) -> dict:
     cfg = compose_cfg("~experiment", *TINY, f"+run_dir={tmp_path / run_dir}", *overrides)
-    return train(cfg)
+    return train(cfg, callbacks=callbacks)
 
 
-def cli(tmp_path: Path, *args: str, command: str = "train") -> subprocess.CompletedProcess:
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt(L.Callback):
+    """Stops a run as a killed job would: at the start of an epoch (0-based), after the last checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """openmix-train in a subprocess: its stdout is a pipe, as in a SLURM log or CI."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", f"openmix.cli.{command}", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "openmix.cli.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -112,9 +129,10 @@ def test_existing_result_is_skipped(tmp_path):
 def test_resumed_run_continues_exactly(tmp_path):
     """Stop after 2 of 3 epochs, resume from last.ckpt: epoch 3 matches an uninterrupted run."""
     run(tmp_path, "epochs=3", "mixer=cutmix", run_dir="straight")
-    run(tmp_path, "epochs=3", "mixer=cutmix", "+trainer.max_steps=8", run_dir="resumed")  # 4 steps per epoch
+    with pytest.raises(Interrupted):
+        run(tmp_path, "epochs=3", "mixer=cutmix", run_dir="resumed", callbacks=[InterruptAt(2)])
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").is_file()
-    run(tmp_path, "epochs=3", "mixer=cutmix", "skip_done=false", run_dir="resumed")
+    run(tmp_path, "epochs=3", "mixer=cutmix", run_dir="resumed")
     straight = list(csv.DictReader((tmp_path / "straight" / "metrics.csv").open()))
     resumed = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [line["epoch"] for line in resumed] == ["1", "2", "3"]
@@ -122,32 +140,83 @@ def test_resumed_run_continues_exactly(tmp_path):
         assert float(resumed[2][key]) == pytest.approx(float(straight[2][key]), rel=1e-5), key
 
 
+def run_folder(*overrides: str) -> str:
+    """The folder Hydra would give this run."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.run.dir
+
+
+def test_run_folder_follows_every_defining_setting():
+    base = run_folder("mixer=cutmix")
+    assert base.startswith("runs/fashion_mnist_quick/cutmix/e3_s0_a1_id")
+    defining = ["mixer.alpha=0.2", "mixer.mode=elem", "label_smoothing=0.1", "optim=adamw_cosine",
+                "optim.optimizer.lr=0.05", "optim.scheduler.min_lr=0.001", "model=cifar_resnet34",
+                "model.kwargs.stem_width=32", "batch_size=64", "trainer.precision=bf16-mixed",
+                "+trainer.max_steps=100", "data.on_device=false", "epochs=4", "seed=1"]
+    folders = [run_folder("mixer=cutmix", override) for override in defining]
+    assert base not in folders and len(set(folders)) == len(folders)
+    assert run_folder("mixer=cutmix", "mixer.alpha=0.2").endswith(folders[0].rsplit("/", 1)[1])
+    assert "/e3_s0_a0.2_id" in folders[0]
+    same = ["data.root=/scratch", "data.num_workers=0", "data.download=true", "trainer.accelerator=cpu",
+            "skip_done=false", "resume=false", "print_table=false", "mixer.alpha=1"]
+    assert all(run_folder("mixer=cutmix", override) == base for override in same)
+
+
+def test_skip_and_resume_refuse_a_folder_of_another_run(tmp_path):
+    run(tmp_path, "mixer=cutmix", "+trainer.fast_dev_run=true")
+    for overrides in (["skip_done=true"], ["skip_done=false"]):  # the finished result; the checkpoint
+        with pytest.raises(ConfigError, match=r"holds another run.*mixer\.alpha: 1\.0 there, 0\.2 now"):
+            run(tmp_path, "mixer=cutmix", "mixer.alpha=0.2", "+trainer.fast_dev_run=true", *overrides)
+    with pytest.raises(ConfigError, match=r"label_smoothing: 0\.0 there, 0\.1 now; mixer\.alpha: 1\.0 there, 0\.2"):
+        run(tmp_path, "mixer=cutmix", "mixer.alpha=0.2", "label_smoothing=0.1", "+trainer.fast_dev_run=true")
+    assert read_result(tmp_path / "run")["alpha"] == 1.0
+    # a folder with a result but no config.yaml cannot be checked: refused too
+    write_result(tmp_path / "foreign", example_row())
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        run(tmp_path, "+trainer.fast_dev_run=true", run_dir="foreign")
+
+
 def test_corrupt_checkpoint_is_reported_and_run_folder_left_alone(tmp_path):
+    run(tmp_path, "+trainer.fast_dev_run=true")  # the run's folder, with its config.yaml
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(RuntimeError, match="corrupt or unreadable.*resume=false"):
-        run(tmp_path)
+        run(tmp_path, "+trainer.fast_dev_run=true", "skip_done=false")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert checkpoint.read_bytes() == b"not a checkpoint"
 
 
 @pytest.mark.slow
-def test_sweep_of_two_mixers_and_two_seeds_then_rerun_skips_then_report(tmp_path):
-    args = ["-m", "~experiment", *TINY, "epochs=1", "mixer=mixup,cutmix", "seed=0,1", "name=tiny", "out_dir=runs"]
+def test_sweep_over_alpha_gives_a_run_each_prints_epoch_lines_then_rerun_skips_then_report(tmp_path):
+    tiny = [arg for arg in TINY if not arg.startswith("print_table")]
+    args = ["-m", "~experiment", *tiny, "epochs=2", "mixer=cutmix", "mixer.alpha=0.2,1.0", "seed=0,1", "name=tiny",
+            "out_dir=runs"]
     first = cli(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = sorted(tmp_path.glob("runs/tiny/*/e1_s*/result.json"))
-    assert len(rows) == 4
+    rows = sorted(tmp_path.glob("runs/tiny/cutmix/e2_s*_a*_id*/result.json"))
+    assert len(rows) == 4 and sorted(read_result(p.parent)["alpha"] for p in rows) == [0.2, 0.2, 1.0, 1.0]
+    # stdout is a pipe, not a terminal: one line per epoch of each run
+    epoch_lines = [line for line in first.stdout.splitlines() if line.startswith("[openmix] epoch ")]
+    assert [line.split()[2] for line in epoch_lines] == ["1/2", "2/2"] * 4, first.stdout[-3000:]
+    pattern = r"val top-1 \d+\.\d\d%  train loss \d+\.\d{4}  [\d,]+ img/s  \d+:\d\d:\d\d elapsed"
+    assert all(re.search(pattern, line) for line in epoch_lines), epoch_lines
+    # the table at the end (openmix-report on the sweep): the median of 2 epochs and, beside it, the final top-1
+    [header] = [line for line in first.stdout.splitlines() if line.startswith("| method")]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["method", "alpha", "2", "2 final"]
+    table = [line for line in first.stdout.splitlines() if line.startswith("| cutmix")]
+    assert len(table) == 2 and all(line.count("±") == 2 for line in table)  # one line per alpha, 2 seeds each
     stamps = [p.stat().st_mtime_ns for p in rows]
     again = cli(tmp_path, *args)
     assert again.returncode == 0 and again.stdout.count("skipped (skip_done=true)") == 4
     assert [p.stat().st_mtime_ns for p in rows] == stamps
-    report = cli(tmp_path, "runs/tiny", command="report")
-    assert report.returncode == 0, report.stderr
-    table = [line for line in report.stdout.splitlines() if line.startswith("| cutmix") or line.startswith("| mixup")]
-    assert len(table) == 2 and all("±" in line for line in table)
+    # a run pointed at another run's folder: exit 2, naming the setting and both values
+    clash = cli(tmp_path, "~experiment", *TINY, "epochs=2", "mixer=cutmix", "mixer.alpha=0.5", "name=tiny",
+                f"hydra.run.dir={rows[0].parent}")
+    assert clash.returncode == 2 and "mixer.alpha: 0.2 there, 0.5 now" in clash.stderr, clash.stderr[-2000:]
+    assert [p.stat().st_mtime_ns for p in rows] == stamps
 
 
 @pytest.mark.slow

@@ -6,6 +6,11 @@ Examples::
     openmix-train experiment=cifar100_r18 mixer=cutmix epochs=400
     openmix-train -m mixer=mixup,cutmix,fmix seed=0,1,2
     openmix-train -m hydra/launcher=slurm trainer=ddp mixer=mixup,cutmix   # on SLURM
+
+Each run has its own folder, ``<out_dir>/<name>/<mixer>/e<epochs>_s<seed>_a<alpha>_id<hash>``: the
+hash covers every setting that defines the run (see :func:`openmix.results.defining_settings`), so
+runs that differ in any of them (alpha, lr, label smoothing, precision, ...) never share a folder.
+A folder whose ``config.yaml`` differs in a defining setting is never skipped or resumed into.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +33,24 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")  # shipped ins
 
 class ConfigError(ValueError):
     """An invalid setting, reported before any work starts."""
+
+
+def _run_id_resolver(*, _root_: DictConfig) -> str:
+    """``${openmix.run_id:}``: ``a<alpha>_id<hash>`` (``id<hash>`` for mixers without an alpha), where
+    ``<hash>`` is :func:`openmix.results.run_id` of the config (the ``hydra`` node left out)."""
+    from openmix.results import run_id
+
+    config = {}
+    for key in _root_:
+        if key != "hydra":
+            value = _root_[key]
+            config[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    alpha = (config.get("mixer") or {}).get("alpha")
+    tag = f"a{alpha:g}_" if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else ""
+    return f"{tag}id{run_id(config)}"
+
+
+OmegaConf.register_new_resolver("openmix.run_id", _run_id_resolver, replace=True)  # before Hydra reads train.yaml
 
 
 def validate(cfg: DictConfig) -> None:
@@ -79,17 +102,52 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.get("run_dir", "run"))
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run described by ``cfg`` and return its result row (also written to ``result.json``)."""
+def check_run_folder(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ConfigError`) a run folder that holds another run than ``config`` (resolved).
+
+    The folder's ``config.yaml`` must agree with ``config`` in every defining setting; a folder
+    with a result or a checkpoint but no ``config.yaml`` cannot be told apart, so it is refused too.
+    """
+    from openmix.results import RESULT_FILE, setting_differences
+
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        if (run_dir / RESULT_FILE).exists() or (run_dir / "checkpoints" / "last.ckpt").exists():
+            raise ConfigError(
+                f"{run_dir} holds a result or a checkpoint but no config.yaml, so it cannot be told to be this run; "
+                "nothing was changed: use another folder, or delete this one"
+            )
+        return
+    try:
+        before = OmegaConf.to_container(OmegaConf.load(stored), resolve=False)
+    except Exception as error:  # noqa: BLE001  (any unreadable file is reported the same way)
+        raise ConfigError(f"{stored} is unreadable ({type(error).__name__}: {error}); nothing was changed: "
+                          "use another folder, or delete this one") from None
+    differences = setting_differences(before, config)
+    if differences:
+        listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differences)
+        raise ConfigError(
+            f"{run_dir} holds another run: its config.yaml differs in {listed}. Nothing was changed "
+            "(not skipped, not resumed): use another folder, or delete this one"
+        )
+
+
+def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train one run described by ``cfg`` and return its result row (also written to ``result.json``).
+
+    ``callbacks``: more Lightning callbacks for the Trainer.
+    """
     import lightning as L
     import torch
 
     from openmix.lightning import MixupClassifier
-    from openmix.lightning.logging import EpochMetricsCSV, TrainThroughput
-    from openmix.results import median_of_last, read_result, result_exists, write_result
+    from openmix.lightning.logging import EpochLines, EpochMetricsCSV, TrainThroughput
+    from openmix.results import median_of_last, read_result, result_exists, run_id, write_result
 
     validate(cfg)
     run_dir = run_dir_of(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_run_folder(run_dir, config)
     if cfg.skip_done and result_exists(run_dir):
         print(f"[openmix] {run_dir}: result.json exists, skipped (skip_done=true)")
         return read_result(run_dir)
@@ -117,24 +175,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     print(f"[openmix] {cfg.name}: {cfg.mixer.name} on {cfg.data.name} / {cfg.model.name}, {cfg.epochs} epochs, "
           f"seed {cfg.seed} -> {run_dir}" + (f" (resuming {resume_from.name})" if resume_from else ""))
     throughput = TrainThroughput()
-    callbacks: list[L.Callback] = [
-        L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+    terminal = sys.stdout.isatty()
+    run_callbacks: list[L.Callback] = [
+        # checkpoints/last.ckpt after every epoch, overwritten (Lightning 2.6 writes save_last=True files only
+        # when it also saves a top-k checkpoint, so that option with save_top_k=0 saves at the end of fit only)
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                                            enable_version_counter=False),
         EpochMetricsCSV(run_dir),
-        throughput,
+        throughput,  # before EpochLines, which reads it
+        L.pytorch.callbacks.RichProgressBar() if terminal else EpochLines(throughput),
+        *callbacks,
     ]
-    if sys.stdout.isatty():
-        callbacks.append(L.pytorch.callbacks.RichProgressBar())
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         default_root_dir=run_dir,
-        callbacks=callbacks,
+        callbacks=run_callbacks,
         logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),  # a new version per attempt
-        enable_progress_bar=sys.stdout.isatty(),
+        enable_progress_bar=terminal,
         enable_model_summary=False,
         **trainer_kwargs,
     )
@@ -163,6 +225,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "num_devices": trainer.world_size,
         "openmix_version": __import__("openmix").__version__,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id(config),
     }
     write_result(run_dir, row)
     return row

@@ -277,8 +277,9 @@ class TensorDataModule(ImageDataModule):
     ``world_size``; otherwise DataLoaders with the same augmentation done per sample by
     torchvision (``RandomCrop`` + ``RandomHorizontalFlip``), the train split sharded by
     :class:`EpochSampler` and the val split by Lightning. Under DDP the train shards of both
-    paths drop the remainder (all ranks take the same number of steps); the device-path val shards keep every sample exactly once, so ranks may differ by one batch
-    (metrics reduced as sums, e.g. torchmetrics or ``self.log(sync_dist=True)``, stay exact).
+    paths drop the remainder (all ranks take the same number of steps); the device-path val
+    shards keep every sample exactly once, so ranks may differ by one batch (metrics reduced as
+    sums, e.g. torchmetrics or ``self.log(sync_dist=True)``, stay exact).
     """
 
     small = True
