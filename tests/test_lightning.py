@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import openmix
 from openmix.lightning import MixupCallback, MixupClassifier
+from openmix.lightning.logging import EpochMetricsCSV
+from openmix.results import read_metrics
 from openmix.training import build_mixer, mix_step, mixed_accuracy
 
 NUM_CLASSES = 4
@@ -116,21 +118,25 @@ def test_step_schedule_drops_at_milestone_epochs_even_when_max_steps_ends_the_ru
 
 class RecordValTop1(L.Callback):
     def __init__(self):
-        self.values = []
+        self.values, self.losses = [], []
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.values.append(float(trainer.callback_metrics["val/top1"]))
+            self.losses.append(float(trainer.callback_metrics["val/loss"]))
 
 
-def test_history_counts_epochs_not_validations():
+def test_history_counts_epochs_not_validations(tmp_path):
     module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla")
     train, val = loaders()
     seen = RecordValTop1()
-    t = trainer(max_epochs=2, val_check_interval=0.5, callbacks=[seen])  # validates twice per epoch
+    t = trainer(max_epochs=2, val_check_interval=0.5, callbacks=[seen, EpochMetricsCSV(tmp_path)])  # 2 per epoch
     t.fit(module, train, val)
     assert len(seen.values) == 4
     assert module.val_top1_history == pytest.approx([seen.values[1], seen.values[3]])  # each epoch's last
+    lines = read_metrics(tmp_path)  # one line per epoch, from its last validation (losses tell them apart)
+    assert len(set(seen.losses)) == 4 and [line["epoch"] for line in lines] == [1, 2]
+    assert [line["val_loss"] for line in lines] == pytest.approx([seen.losses[1], seen.losses[3]])
     assert module.epoch_summary["epoch"] == 2 and module.epoch_summary["val_top1"] == pytest.approx(seen.values[3])
     t.validate(module, val)  # an extra validation after training adds nothing
     assert module.val_top1_history == pytest.approx([seen.values[1], seen.values[3]])
