@@ -224,10 +224,15 @@ class EpochSampler(DistributedSampler):
     ``DistributedSampler``, it is kept as it is under DDP (Lightning replaces other samplers).
 
     Example:
-        >>> sampler = EpochSampler(range(5), seed=0, rank=1, world_size=2)
-        >>> len(sampler), [i for i, _ in sampler] == [i for i, _ in EpochSampler(range(5), seed=0, rank=1,
-        ...                                                                      world_size=2)]
-        (2, True)
+        >>> sampler = EpochSampler(range(6), seed=0)
+        >>> first = [i for i, _ in sampler]  # epoch 0; iterating again gives epoch 1
+        >>> sorted(first), first == [i for i, _ in sampler]
+        ([0, 1, 2, 3, 4, 5], False)
+        >>> sampler.set_epoch(0)  # as Lightning does at each epoch start, a resumed run included
+        >>> first == [i for i, _ in sampler]
+        True
+        >>> [len(EpochSampler(range(5), rank=r, world_size=2)) for r in (0, 1)]  # the remainder dropped
+        [2, 2]
     """
 
     def __init__(self, dataset: Any, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
