@@ -265,7 +265,8 @@ class LRSchedule:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         if self.epochs is not None:  # positions in epochs, moving once per epoch
-            position, length, start = step // self.steps_per_epoch, self.epochs, self.warmup_steps / self.steps_per_epoch
+            position, length = step // self.steps_per_epoch, self.epochs
+            start = self.warmup_steps / self.steps_per_epoch
             milestones = self.milestones
         else:  # positions in steps
             position, length, start = step, self.total_steps, self.warmup_steps
@@ -285,7 +286,8 @@ def _check_mixer_agrees(mixer: Mixer | None, num_classes: int, label_smoothing: 
     if mixer.num_classes is not None and mixer.num_classes != num_classes:
         conflicts.append(f"num_classes={num_classes!r} but the mixer has num_classes={mixer.num_classes!r}")
     if label_smoothing and mixer.label_smoothing != label_smoothing:
-        conflicts.append(f"label_smoothing={label_smoothing!r} but the mixer has label_smoothing={mixer.label_smoothing!r}")
+        conflicts.append(f"label_smoothing={label_smoothing!r} but the mixer has "
+                         f"label_smoothing={mixer.label_smoothing!r}")
     if mix_seed is not None and mixer.seed != mix_seed:
         conflicts.append(f"mix_seed={mix_seed!r} but the mixer has seed={mixer.seed!r}")
     if conflicts:
