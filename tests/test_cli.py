@@ -198,6 +198,7 @@ def test_sweep_over_alpha_gives_a_run_each_prints_epoch_lines_then_rerun_skips_t
     assert first.returncode == 0, first.stderr[-3000:]
     rows = sorted(tmp_path.glob("runs/tiny/cutmix/e2_s*_a*_id*/result.json"))
     assert len(rows) == 4 and sorted(read_result(p.parent)["alpha"] for p in rows) == [0.2, 0.2, 1.0, 1.0]
+    assert all(p.parent.name.endswith("_id" + read_result(p.parent)["run_id"]) for p in rows)
     # stdout is a pipe, not a terminal: one line per epoch of each run
     epoch_lines = [line for line in first.stdout.splitlines() if line.startswith("[openmix] epoch ")]
     assert [line.split()[2] for line in epoch_lines] == ["1/2", "2/2"] * 4, first.stdout[-3000:]
