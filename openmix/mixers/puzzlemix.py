@@ -326,12 +326,12 @@ def _solve_rows_exact(problem: PuzzleProblem) -> Tensor:
     # row costs (B, G, S): unaries plus the edges inside the row
     rows = unary.gather(-1, table.t().reshape(1, 1, grid, states).expand(batch, grid, grid, states)).sum(2)
     rows = rows + torch.einsum("brc,sc->brs", w_h, (lab[:, 1:] - lab[:, :-1]).square() * scale)
-    # transitions (B, G-1, S, S) between consecutive rows
-    between = (lab.unsqueeze(1) - lab.unsqueeze(0)).square() * scale  # (S, S, G)
-    trans = torch.einsum("brc,stc->brst", w_v, between)
+    # transitions (B, G-1, next, previous) between consecutive rows: one matrix product
+    between = (lab.unsqueeze(1) - lab.unsqueeze(0)).square().mul_(scale).reshape(states * states, grid)
+    trans = (w_v.reshape(-1, grid) @ between.t()).view(batch, grid - 1, states, states)
     cost, back = rows[:, 0], []
     for r in range(1, grid):
-        best, arg = (cost.unsqueeze(2) + trans[:, r - 1]).min(1)
+        best, arg = (cost.unsqueeze(1) + trans[:, r - 1]).min(-1)  # over the previous row's state
         back.append(arg)
         cost = best + rows[:, r]
     state = cost.argmin(1)
@@ -342,23 +342,21 @@ def _solve_rows_exact(problem: PuzzleProblem) -> Tensor:
     return table[torch.stack(picked[::-1], 1)]  # (B, G, G)
 
 
-def _chain_scans(theta: Tensor, pair: Tensor) -> tuple[Tensor, Tensor]:
-    """Forward and backward min-sum over chains, ``theta`` ``(P, L, K)`` (position, label, chain).
+def _chain_scans(both: Tensor, pairs: Tensor) -> Tensor:
+    """Min-sum forward scans over chains and over the same chains reversed, in one pass.
 
-    ``fwd[t] = theta[t] + min_a(fwd[t-1][a] + pair[t-1][a])`` and
-    ``bwd[t] = theta[t] + min_a(bwd[t+1][a] + pair[t][a])``, ``pair`` ``(P-1, L, L, K)`` the
-    edge costs (symmetric in the two labels). ``fwd + bwd - theta`` are the min-marginals.
+    ``both`` ``(2, P, L, K)`` holds unaries (position, label, chain) and their reversal
+    along the positions; ``pairs`` ``(P-1, 2, L, L, K)`` the edge costs (symmetric in the two
+    labels) in both orders. Returns ``out`` with
+    ``out[:, t] = both[:, t] + min_a(out[:, t-1][a] + pairs[t-1][a])``: with ``fwd = out[0]``
+    and ``bwd`` the reversal of ``out[1]``, ``fwd + bwd - both[0]`` are the min-marginals.
+    Each step is three tensor ops.
     """
-    fwd, bwd = torch.empty_like(theta), torch.empty_like(theta)
-    th, f, b, pr = theta.unbind(0), fwd.unbind(0), bwd.unbind(0), pair.unbind(0)
-    last = len(th) - 1
-    f[0].copy_(th[0])
-    b[last].copy_(th[last])
-    for t in range(last):
-        torch.add(torch.amin(f[t].unsqueeze(1) + pr[t], 0), th[t + 1], out=f[t + 1])
-        s = last - 1 - t
-        torch.add(torch.amin(b[s + 1].unsqueeze(1) + pr[s], 0), th[s], out=b[s])
-    return fwd, bwd
+    out = torch.empty_like(both)
+    out[:, 0] = both[:, 0]
+    for t in range(both.shape[1] - 1):
+        torch.add(torch.amin(out[:, t].unsqueeze(2) + pairs[t], 1), both[:, t + 1], out=out[:, t + 1])
+    return out
 
 
 def _labelled_energy(labels: Tensor, unary: Tensor, w_v: Tensor, w_h: Tensor, scale: float) -> Tensor:
@@ -383,35 +381,40 @@ def _min0(values: Tensor) -> tuple[Tensor, Tensor]:
 def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: float = 0.75, sweeps: int = 2) -> tuple[Tensor, Tensor]:
     """Row/column chain dual decomposition with damped min-marginal averaging, then ICM.
 
-    Both chain families live in one tensor ``(G, L, 2, B, G)`` (position, label, family,
-    sample, chain): family 0 = rows (position = column), family 1 = columns (position = row).
-    Labellings are decoded from the summed min-marginals from iteration
-    ``decode_from * iters`` on, and the lowest energy one is kept.
+    The two chain families share one tensor ``(P, L, 2, B, G)`` (position, label, family,
+    sample, chain): family 0 = rows (position = column), family 1 = columns (position = row);
+    a second copy holds it reversed along the positions for the backward pass. Labellings
+    are decoded from the summed min-marginals from iteration ``decode_from * iters`` on,
+    and the lowest energy one is kept.
     """
     unary, w_v, w_h = problem
     batch, grid, _, n_labels = unary.shape
     scale = 1.0 / (n_labels - 1) ** 2
     u = unary.permute(3, 0, 1, 2).contiguous()  # (L, B, R, C)
-    u_rows = u.permute(3, 0, 1, 2)  # (C, L, B, R)
-    u_cols = u.permute(2, 0, 1, 3)  # (R, L, B, C)
+    u_cols = u.permute(2, 0, 1, 3)  # (R, L, B, C): the columns' layout
     weights = torch.stack([w_h.permute(2, 0, 1), w_v.permute(1, 0, 2)], 1).reshape(grid - 1, 1, 1, -1)
     levels = torch.arange(n_labels, device=unary.device, dtype=unary.dtype)
     pair = weights * ((levels.view(-1, 1) - levels.view(1, -1)).square() * scale).view(1, n_labels, n_labels, 1)
+    pairs = torch.stack([pair, pair.flip(0)], 1)  # forward and reversed chains
+    reverse = torch.arange(grid - 1, -1, -1, device=unary.device)
 
-    theta = torch.stack([u_rows, u_cols], 2) * 0.5  # the families' shares of the unaries
-    chains = theta.view(grid, n_labels, -1)
-    rows, cols = theta[:, :, 0], theta[:, :, 1]
+    both = torch.empty(2, grid, n_labels, 2, batch, grid, dtype=unary.dtype, device=unary.device)
+    theta = both[0]  # the families' shares of the unaries, half each to start
+    torch.mul(u.permute(3, 0, 1, 2), 0.5, out=theta[:, :, 0])
+    torch.sub(u_cols, theta[:, :, 0].permute(3, 1, 2, 0), out=theta[:, :, 1])
+    torch.index_select(theta, 0, reverse, out=both[1])
+    rows = theta[:, :, 0]  # (C, L, B, R)
     best_labels = best_energy = None
     bound = unary.new_full((batch,), -math.inf)
     for it in range(iters + 1):
-        fwd, bwd = _chain_scans(chains, pair)
-        marg = (fwd + bwd).view_as(theta) - theta
+        out = _chain_scans(both.view(2, grid, n_labels, -1), pairs).view_as(both)
+        marg = out[0] + out[1].index_select(0, reverse) - theta
         marg_rows = marg[:, :, 0]  # (C, L, B, R)
-        marg_cols = marg[:, :, 1].permute(3, 1, 2, 0)  # columns' min-marginals in the rows' layout
-        ends = fwd[-1].view(n_labels, 2, batch, grid)
-        bound = torch.maximum(bound, ends.amin(0).sum((0, 2)))
+        step = marg[:, :, 1].permute(3, 1, 2, 0) - marg_rows  # the columns' min-marginals, rows' layout
+        bound = torch.maximum(bound, out[0, -1].amin(0).sum((0, 2)))
         if it >= decode_from * iters:
-            labels = _min0((marg_rows + marg_cols).transpose(0, 1))[1].permute(1, 2, 0)  # (B, R, C)
+            belief = (marg_rows * 2 + step).transpose(0, 1)  # rows' + columns' min-marginals, label first
+            labels = _min0(belief)[1].permute(1, 2, 0)  # (B, R, C)
             energy = _labelled_energy(labels, u, w_v, w_h, scale)
             if best_labels is None:
                 best_labels, best_energy = labels, energy
@@ -420,10 +423,10 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: f
                 best_labels = torch.where(better.view(batch, 1, 1), labels, best_labels)
                 best_energy = torch.minimum(energy, best_energy)
         if it < iters:
-            step = marg_cols - marg_rows
             # a per-block constant carries no information, and left in it grows ~G-fold per iteration
             rows.add_(step - step[:, :1], alpha=omega / 2)
-            torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=cols)
+            torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=theta[:, :, 1])
+            torch.index_select(theta, 0, reverse, out=both[1])
     return _icm(best_labels, u, w_v, w_h, scale, sweeps=sweeps), bound
 
 
@@ -439,6 +442,9 @@ def _icm(labels: Tensor, u: Tensor, w_v: Tensor, w_h: Tensor, scale: float, swee
     s0[:, :-1] += w_v
     s0[:, :, 1:] += w_h
     s0[:, :, :-1] += w_h
+    levels = torch.arange(n_labels, device=u.device, dtype=u.dtype).view(-1, 1, 1, 1)
+    base = u + levels.square() * scale * s0  # (L, B, R, C): all but the neighbours' labels
+    slope = levels * (2 * scale)
     r = torch.arange(grid, device=u.device)
     black = ((r.view(-1, 1) + r.view(1, -1)) % 2 == 0).expand(batch, grid, grid)
     for _ in range(sweeps):
@@ -449,7 +455,7 @@ def _icm(labels: Tensor, u: Tensor, w_v: Tensor, w_h: Tensor, scale: float, swee
             s1[:, :-1] += w_v * lab[:, 1:]
             s1[:, :, 1:] += w_h * lab[:, :, :-1]
             s1[:, :, :-1] += w_h * lab[:, :, 1:]
-            costs = torch.stack([u[a] + (a * a * s0 - 2 * a * s1) * scale for a in range(n_labels)])
+            costs = base - slope * s1
             best, arg = _min0(costs)
             # move only where strictly better, so a sweep never raises the energy
             improve = colour & (best < costs.gather(0, labels.unsqueeze(0)).squeeze(0))
@@ -529,13 +535,22 @@ def mask_transport(mask: Tensor, saliency: Tensor, t_eps: float = 0.8, n_iter: i
     cells = grid * grid
     n_iter = grid if n_iter is None else int(n_iter)
     visible = (mask > 0).to(saliency.dtype).reshape(batch, 1, cells)
-    cost = t_eps * transport_cost(grid, mask.device, saliency.dtype) - saliency.reshape(batch, cells, 1) * visible
+    # t_eps * C - s_i * z_j in one pass (z is 0/1, so the product is exact: the official rounding)
+    cost = torch.addcmul(t_eps * transport_cost(grid, mask.device, saliency.dtype), saliency.reshape(batch, cells, 1), visible, value=-1)
     rows = torch.arange(cells, device=mask.device).expand(batch, cells)
     column = rows  # targets, the same range
     flat = cost.view(batch, cells * cells)
     src = torch.full((batch, cells), -1, dtype=torch.long, device=mask.device)
-    for _ in range(n_iter):
-        row_cost, choice = cost.min(-1)  # first index on ties, as the official argmin
+    row_cost, choice = cost.min(-1)  # first index on ties, as the official argmin
+    for it in range(n_iter):
+        if it > 0:
+            if cost.device.type == "cpu":  # only the losers' rows changed: re-scan those (no device to wait for)
+                changed = lost.flatten().nonzero().squeeze(1)
+                best, pick = cost.view(batch * cells, cells).index_select(0, changed).min(-1)
+                row_cost.view(-1).index_copy_(0, changed, best)
+                choice.view(-1).index_copy_(0, changed, pick)
+            else:  # on an accelerator every row is re-scanned, so that nothing waits on the device
+                row_cost, choice = cost.min(-1)
         taken = torch.zeros(batch, cells, dtype=cost.dtype, device=cost.device).scatter_add_(1, choice, torch.ones_like(row_cost))
         low = torch.full_like(row_cost, math.inf).scatter_reduce_(1, choice, row_cost, "amin")
         # official column fight: min over the column of plan * cost, where non-contestants show 0
@@ -547,8 +562,8 @@ def mask_transport(mask: Tensor, saliency: Tensor, t_eps: float = 0.8, n_iter: i
         first_free = torch.where(column == choice[:, :1], run, 0)
         winner = torch.where(((low < 0) | (first < first_free)) & (first < cells), first, -1)  # per target
         src = winner
-        won = winner.gather(1, choice) == rows
-        flat.scatter_add_(1, rows * cells + choice, (~won).to(cost.dtype))
+        lost = winner.gather(1, choice) != rows
+        flat.scatter_add_(1, rows * cells + choice, lost.to(cost.dtype))
     return src
 
 
@@ -569,14 +584,14 @@ def transport_blocks(images: Tensor, source: Tensor, grid: int) -> Tensor:
     dev = images.device
     y = torch.arange(height, device=dev).view(-1, 1)
     x = torch.arange(width, device=dev).view(1, -1)
-    target = (y.div(ch, rounding_mode="floor") * grid + x.div(cw, rounding_mode="floor")).flatten()  # (HW,)
-    offset = ((y % ch) * width + x % cw).flatten()
-    src = source.index_select(1, target)  # (B, HW)
-    valid = src >= 0
-    src = src.clamp(min=0)
-    pixel = src.div(grid, rounding_mode="floor") * (ch * width) + (src % grid) * cw + offset
+    target = (y.div(ch, rounding_mode="floor") * grid + x.div(cw, rounding_mode="floor")).flatten()  # cell of each pixel
+    offset = ((y % ch) * width + x % cw).flatten()  # pixel within its cell
+    src = source.clamp(min=0)
+    corner = src.div(grid, rounding_mode="floor") * (ch * width) + (src % grid) * cw  # (B, N): first pixel of the source cell
+    pixel = corner.index_select(1, target).add_(offset)  # (B, H*W)
     moved = images.reshape(batch, channels, height * width).gather(2, pixel.unsqueeze(1).expand(batch, channels, -1))
-    return moved.mul_(valid.unsqueeze(1).to(moved.dtype)).view(batch, channels, height, width)
+    empty = (source < 0).index_select(1, target).unsqueeze(1)
+    return moved.masked_fill_(empty, 0).view(batch, channels, height, width)
 
 
 # ============================================================================ saliency
