@@ -253,6 +253,22 @@ def test_fashion_mnist_crop_pads_with_zeros(tmp_path, no_system_fashion):
     assert set(pixels.unique().tolist()) == {0, 255}
 
 
+@pytest.mark.parametrize("on_device", [True, False])
+def test_crop_padding_zero_turns_the_crop_off(tmp_path, no_system_fashion, on_device):
+    folder = tmp_path / "data"
+    files.write_fashion(folder, n_train=8, n_test=2)
+    white = torch.full((8, 28, 28), 255, dtype=torch.uint8)
+    files.write_idx(folder / "train-images-idx3-ubyte", white.numpy())
+    dm = build_datamodule("fashion_mnist", root=folder, batch_size=8, crop_padding=0, on_device=on_device,
+                          num_workers=0)
+    dm.setup("fit")
+    assert dm.padding == 0 and FashionMNISTDataModule.padding == 4
+    pixels = to_pixels(next(iter(dm.train_dataloader()))[0], dm)
+    assert set(pixels.unique().tolist()) == {255}  # no zero padding shifted in
+    with pytest.raises(ValueError, match="crop_padding"):
+        build_datamodule("fashion_mnist", root=folder, crop_padding=-1)
+
+
 # -- seeding and epochs --------------------------------------------------------------------------
 def first_train_batch(seed: int, on_device: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     dm = build_datamodule("synthetic", num_samples=64, batch_size=16, seed=seed, on_device=on_device, num_workers=0)

@@ -288,11 +288,15 @@ class TensorDataModule(ImageDataModule):
     """
 
     small = True
-    padding: ClassVar[int] = 4
+    padding: int = 4  # the dataset's recipe; ``crop_padding`` overrides it per instance
     padding_mode: ClassVar[str] = "reflect"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, crop_padding: int | None = None, **kwargs: Any) -> None:
+        """``crop_padding``: padding of the train random crop; ``None`` keeps the dataset's recipe,
+        ``0`` turns the crop off (the flip stays). Other arguments: see :class:`ImageDataModule`."""
         super().__init__(*args, **kwargs)
+        if crop_padding is not None:
+            self.padding = check_int("crop_padding", crop_padding, 0)
         self._device_cache: dict[tuple[str, torch.device], tuple[Tensor, Tensor]] = {}
 
     def _load_tensors(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:

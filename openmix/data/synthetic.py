@@ -88,7 +88,8 @@ class SyntheticDataModule(TensorDataModule):
         self.num_classes = check_int("num_classes", num_classes, 1)
         self.image_size = check_int("image_size", image_size, 2)
         self.in_chans = check_int("in_chans", in_chans, 1)
-        self.padding = image_size // 8
+        if kwargs.get("crop_padding") is None:
+            self.padding = image_size // 8
         self.mean, self.std = (0.5,) * in_chans, (0.25,) * in_chans
 
     def _load_tensors(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
