@@ -108,6 +108,21 @@ def test_cosine_over_max_epochs_moves_once_per_epoch_after_a_per_step_warmup():
     assert lrs.lrs == pytest.approx(warmup + [0.1] * 4 + [0.05] * 4)  # then cosine over epochs 2 and 3
 
 
+def test_cosine_with_interval_step_moves_every_step_over_max_epochs():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
+                             optimizer={"name": "sgd", "lr": 0.1}, scheduler={"name": "cosine", "interval": "step"})
+    lrs = RecordLR()
+    trainer(max_epochs=2, limit_val_batches=0, callbacks=[lrs]).fit(module, loaders()[0])  # 4 steps per epoch
+    assert lrs.lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+
+
+def test_unknown_schedule_interval_is_refused():
+    module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
+                             scheduler={"name": "cosine", "interval": "batch"})
+    with pytest.raises(ValueError, match="interval"):
+        trainer(max_epochs=1, limit_val_batches=0).fit(module, loaders()[0])
+
+
 def test_step_schedule_drops_at_milestone_epochs_even_when_max_steps_ends_the_run():
     module = MixupClassifier(tiny_model(), num_classes=NUM_CLASSES, mixer="vanilla",
                              optimizer={"name": "sgd", "lr": 0.1}, scheduler={"name": "step", "milestones": [1, 2]})

@@ -34,7 +34,10 @@ class MixupClassifier(L.LightningModule):
             ``None``/``"vanilla"`` for no mixing.
         optimizer: ``{"name": "sgd"|"adamw", "lr", "weight_decay", "momentum", "nesterov", "betas"}``.
         scheduler: ``{"name": "cosine"|"step"|"none", "warmup_epochs" (or "warmup_steps"), "min_lr",
-            "milestones" (epochs), "gamma"}``; see :class:`LRSchedule` for how it follows the run's length.
+            "milestones" (epochs), "gamma", "interval"}``; see :class:`LRSchedule` for how it follows the
+            run's length. ``interval="step"`` moves the schedule every optimizer step even when
+            ``max_epochs`` sets the length (smoother for runs of a few epochs); the default ``"epoch"``
+            moves it once per epoch, as OpenMixup's recipes do.
         label_smoothing: passed to the mixer (and used for vanilla training).
         mix_seed: seed of the mixer's draws, offset per DDP rank by the mixer itself.
         channels_last: train in channels-last memory format.
@@ -239,6 +242,11 @@ class LRSchedule:
         per_epoch = max(math.ceil(batches / trainer.accumulate_grad_batches), 1) if math.isfinite(batches) else None
         max_epochs = trainer.max_epochs
         epochs = max_epochs if per_epoch and max_epochs and max_epochs > 0 and total == per_epoch * max_epochs else None
+        interval = cfg.get("interval") or "epoch"
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler interval must be 'epoch' or 'step', got {interval!r}")
+        if interval == "step":  # a smooth schedule: short runs, where a few coarse epochs would stair-step
+            epochs = None
         if cfg.get("warmup_steps") is not None:
             warmup = int(cfg["warmup_steps"])
         elif float(cfg.get("warmup_epochs") or 0) > 0:
