@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import random
 import statistics
 import sys
 import time
@@ -73,12 +74,19 @@ def median_ms_interleaved(
     """Median ms per call of each warmed-up ``(call, setup)``, timed round-robin.
 
     Each round times every call once, so load from other processes on a shared machine
-    hits all rows alike and the ratios of one run stay comparable. Stops early (after at
-    least 3 rounds) once the timed calls exceed ``budget_s`` per row on average.
+    hits all rows alike and the ratios of one run stay comparable. The order is shuffled
+    every round (with a fixed seed): a row that always followed a sibling (timm's cutmix
+    after timm's mixup) would find its code and data warm in the caches, one that always
+    followed an unrelated row would not. Stops early (after at least 3 rounds) once the
+    timed calls exceed ``budget_s`` per row on average.
     """
     times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    shuffle = random.Random(0).shuffle
     for round_ in range(repeat):
-        for i, (call, setup) in enumerate(calls):
+        shuffle(order)
+        for i in order:
+            call, setup = calls[i]
             times[i].append(time_once(call, setup, device))
         if round_ >= 2 and sum(map(sum, times)) > budget_s * len(calls):
             break

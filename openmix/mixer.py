@@ -224,7 +224,7 @@ class Mixer(nn.Module):
         ``host_only`` leaves the device stream out (``Draws.device`` is then ``None``).
         """
         call = self._calls
-        self._calls = call + 1
+        self.__dict__["_calls"] = call + 1  # a plain int: skip nn.Module.__setattr__'s registry checks
         seeded = self.seed is not None
         if generator is not None:
             if generator.device.type == "cpu":

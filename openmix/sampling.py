@@ -24,6 +24,7 @@ __all__ = [
     "host_beta",
     "host_uniform",
     "host_box",
+    "host_rows",
     "random_boxes",
     "boxes_at",
     "box_mask",
@@ -122,8 +123,24 @@ def host_beta(alpha: float, generator: torch.Generator | None = None) -> float:
         return 1.0
     if alpha < 0.5:  # the log-space draw of beta()
         return beta(alpha, 1, generator=generator).item()
-    g0, g1 = torch._standard_gamma(torch.full((2,), float(alpha)), generator=generator).tolist()
+    g0, g1 = torch._standard_gamma(_host_alphas(float(alpha)), generator=generator).tolist()
     return g0 / (g0 + g1) if g0 + g1 > 0 else 0.5
+
+
+@functools.lru_cache(maxsize=16)
+def _host_alphas(alpha: float) -> Tensor:
+    """``(alpha, alpha)`` on the host, made once (callers must not modify it)."""
+    return torch.full((2,), alpha)
+
+
+def host_rows(*rows: Sequence[int] | Sequence[float], dtype: torch.dtype = torch.int64) -> tuple[Tensor, ...]:
+    """Host numbers as ``(1, d)`` CPU tensors, one per row, made by one tensor construction.
+
+    Example:
+        >>> host_rows([1, 2], [3, 4])
+        (tensor([[1, 2]]), tensor([[3, 4]]))
+    """
+    return torch.tensor(rows, dtype=dtype).unsqueeze(1).unbind(0)
 
 
 def host_uniform(n: int, generator: torch.Generator | None = None) -> list[float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -146,7 +147,7 @@ def _top_mask(field: Tensor, lam: float) -> tuple[Tensor, float]:
     exact and known on the host.
     """
     size = field.numel()
-    num = int(torch.tensor(lam, dtype=torch.float32).mul_(size).round_())  # as binarise rounds the float32 lam
+    num = int(np.rint(np.float32(lam) * np.float32(size)))  # as binarise rounds the float32 lam (half to even)
     flat = field.reshape(-1)
     if num * 2 <= size:
         mask = torch.zeros(size, device=field.device)

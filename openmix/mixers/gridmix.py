@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import host_uniform, one_minus_outer
+from openmix.sampling import host_rows, host_uniform, one_minus_outer
 
 __all__ = ["GridMix"]
 
@@ -80,7 +81,7 @@ class GridMix(Mixer):
         params = super().draw_params(x, draws)
         if self.mode == "batch":
             grid = self._host_grid(x.shape[2:], host_uniform(6, draws.host))
-            params.update({key: torch.tensor([value]) for key, value in grid.items()})
+            params.update(zip(grid, host_rows(*grid.values())))
             return params
         height, width = x.shape[2:]
         u = torch.rand((6, x.shape[0]), device=x.device, generator=draws.device)
@@ -125,7 +126,7 @@ class GridMix(Mixer):
         lo, size, cell = params["lo"], params["size"], params["cell"]
         batch, batch_lam = x.shape[0], params.get("batch_lam")
         if batch_lam is not None and all(t.shape[0] == 1 and t.device.type == "cpu" for t in (lo, size, cell)):
-            mask, kept = _host_grid_mask(x.shape[2:], lo[0].tolist(), size[0].tolist(), cell[0].tolist(), batch_lam, x.device)
+            mask, kept = _host_grid_mask(x.shape[2:], lo.tolist()[0], size.tolist()[0], cell.tolist()[0], batch_lam, x.device)
             kept = torch.full((batch,), kept, device=x.device)
         else:
             lam = params["lam"][: lo.shape[0], None].float()
@@ -163,11 +164,10 @@ def _host_grid_mask(
     if lam >= 1.0:
         return mask, 1.0
     # the hole sides in float32, as the per-sample path computes them from the float32 lam
-    lam32 = torch.tensor([lam], dtype=torch.float32)
-    holes = torch.tensor(cell, dtype=torch.float32).mul_(torch.sqrt(1.0 - lam32)).floor_()
+    ratio = np.sqrt(np.float32(1.0) - np.float32(lam))
     pieces, counts = [], []
-    for axis, side in enumerate(holes.tolist()):
-        hole = min(max(int(side), 1), cell[axis] - 1)
+    for axis in range(2):
+        hole = min(max(int(np.floor(np.float32(cell[axis]) * ratio)), 1), cell[axis] - 1)
         whole = size[axis] // cell[axis]
         tail = min(hole, size[axis] - whole * cell[axis])
         axis_pieces = []

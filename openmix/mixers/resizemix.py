@@ -13,7 +13,7 @@ from torch import Tensor
 
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import beta, box_mask, host_beta, host_uniform, partner_index, uniform
+from openmix.sampling import beta, box_mask, host_beta, host_rows, host_uniform, partner_index, uniform
 
 __all__ = ["ResizeMix"]
 
@@ -91,8 +91,7 @@ class ResizeMix(Mixer):
                 "lam": torch.full((batch,), lam, device=device),
                 "index": index,
                 "batch_lam": lam,
-                "lo": torch.tensor([lo]),
-                "hi": torch.tensor([hi]),
+                **dict(zip(("lo", "hi"), host_rows(lo, hi))),
             }
         tau = uniform(batch, *self.scope, device=device, generator=draws.device)
         if self.use_alpha:
@@ -127,7 +126,7 @@ class ResizeMix(Mixer):
         lo, hi = params["lo"], params["hi"]
         batch, spatial = x.shape[0], x.shape[2:]
         if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one patch known on the host
-            mixed, kept, mask = self._paste_resized(x, params["index"], lo[0].tolist(), hi[0].tolist())
+            mixed, kept, mask = self._paste_resized(x, params["index"], lo.tolist()[0], hi.tolist()[0])
             return mixed, torch.full((batch,), kept, device=x.device), mask
         mask = box_mask(lo, hi, spatial)  # (1 or B, 1, *spatial), 0 on the patch
         resize = _nearest_patch if self.interpolation == "nearest" else _linear_patch

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import host_uniform, one_minus_outer, partner_index
+from openmix.sampling import host_rows, host_uniform, one_minus_outer, partner_index
 
 __all__ = ["SmoothMix"]
 
@@ -62,11 +62,9 @@ class SmoothMix(Mixer):
         if self.mode == "batch":  # one blob, drawn on the host
             u = host_uniform(len(spatial) + 1, draws.host)
             scale = low + u[-1] * (high - low)
-            params = {
-                "index": index,
-                "centre": torch.tensor([[v * size - 0.5 for v, size in zip(u, spatial)]]),
-                "sigma": torch.tensor([[scale * size for size in spatial]]),
-            }
+            centre, sigma = host_rows([v * size - 0.5 for v, size in zip(u, spatial)], [scale * size for size in spatial],
+                                      dtype=torch.float32)
+            params = {"index": index, "centre": centre, "sigma": sigma}
         else:
             params = self._draw_blobs(x, draws, index)
         profiles = self._profiles(params, spatial, device)
