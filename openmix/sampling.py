@@ -133,7 +133,7 @@ def _host_alphas(alpha: float) -> Tensor:
     return torch.full((2,), alpha)
 
 
-def host_rows(*rows: Sequence[int] | Sequence[float], dtype: torch.dtype = torch.int64) -> tuple[Tensor, ...]:
+def host_rows(*rows: Sequence[float], dtype: torch.dtype = torch.int64) -> tuple[Tensor, ...]:
     """Host numbers as ``(1, d)`` CPU tensors, one per row, made by one tensor construction.
 
     Example:

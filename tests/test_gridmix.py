@@ -129,3 +129,19 @@ def test_repr_shows_grid_arguments():
 def test_bad_arguments(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
         openmix.build("gridmix", **kwargs)
+
+
+def test_host_grid_mask_numpy_and_device_views_agree():
+    """Batch mode's grid mask: NumPy profiles (CPU) and filled views of a device mask (accelerators)."""
+    from openmix.mixers.gridmix import _host_grid_mask
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        height, width = (int(v) for v in torch.randint(4, 40, (2,), generator=gen))
+        size = [int(torch.randint(1, height + 1, (), generator=gen)), int(torch.randint(1, width + 1, (), generator=gen))]
+        lo = [int(torch.randint(0, height - size[0] + 1, (), generator=gen)), int(torch.randint(0, width - size[1] + 1, (), generator=gen))]
+        cell = [int(torch.randint(1, max(2, s) + 1, (), generator=gen)) for s in size]
+        lam = float(torch.rand((), generator=gen))
+        a, kept_a = _host_grid_mask((height, width), lo, size, cell, lam, torch.device("cpu"), numpy=True)
+        b, kept_b = _host_grid_mask((height, width), lo, size, cell, lam, torch.device("cpu"), numpy=False)
+        assert torch.equal(a, b) and kept_a == kept_b and a.dtype == b.dtype == torch.float32

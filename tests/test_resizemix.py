@@ -140,3 +140,21 @@ def test_repr_leaves_out_unused_alpha():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         openmix.build("resizemix", **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_nearest_patch_is_interpolate_bit_for_bit(dtype, channels_last):
+    """Batch mode resizes by picking rows and columns with F.interpolate's own source indices."""
+    mixer = openmix.build("resizemix", num_classes=5, mode="batch", scope=(0.05, 1.0))
+    for size in (7, 32, 100, 224):
+        x = torch.rand(3, 2, size, size + 5).to(dtype)
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        for seed in range(6):
+            params = mixer.sample_params(x, torch.Generator().manual_seed(seed))
+            lo, hi = params["lo"][0], params["hi"][0]
+            out = mixer.apply_params(x, torch.eye(5)[:3], params)
+            assert out.x.stride() == x.stride()
+            if bool((hi > lo).all()):
+                patch = expected_patch(x, out.index, lo, hi, "nearest")
+                assert torch.equal(out.x[box(lo, hi)], patch)

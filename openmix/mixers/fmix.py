@@ -124,7 +124,7 @@ def fourier_field(
     spatial = tuple(int(s) for s in spatial)
     scale = _spectrum_scale(spatial, float(decay_power), torch.device(device))
     noise = torch.randn((count, *scale.shape, 2), device=device, generator=generator)
-    spectrum = torch.view_as_complex(noise).mul_(scale)
+    spectrum = torch.view_as_complex(noise.mul_(scale.unsqueeze(-1)))  # scale the real parts: no complex copy of it
     return torch.fft.irfftn(spectrum, s=spatial, dim=tuple(range(1, len(spatial) + 1)))
 
 

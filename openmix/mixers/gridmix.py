@@ -152,17 +152,26 @@ class GridMix(Mixer):
 
 
 def _host_grid_mask(
-    spatial: Sequence[int], lo: list[int], size: list[int], cell: list[int], lam: float, device: torch.device
+    spatial: Sequence[int],
+    lo: list[int],
+    size: list[int],
+    cell: list[int],
+    lam: float,
+    device: torch.device,
+    *,
+    numpy: bool | None = None,
 ) -> tuple[Tensor, float]:
     """One grid mask ``(1, 1, H, W)`` from host numbers (0 on the holes) and its kept area.
 
     Along each axis the holes are the first ``hole`` pixels of every cell inside the
     region: the whole cells as one strided view (cells unflattened into their own axis),
-    the last, partial cell as one slice. Filling those views needs no index tensors.
+    the last, partial cell as one slice. Filling those views needs no index tensors. On
+    CPU the two axis profiles are filled in NumPy and the mask is their outer product
+    (no copy into torch); elsewhere the views of a device mask are filled. ``numpy``
+    forces one way (``None``: by device).
     """
-    mask = torch.ones((1, 1, *spatial), device=device)
     if lam >= 1.0:
-        return mask, 1.0
+        return torch.ones((1, 1, *spatial), device=device), 1.0
     # the hole sides in float32, as the per-sample path computes them from the float32 lam
     ratio = np.sqrt(np.float32(1.0) - np.float32(lam))
     pieces, counts = [], []
@@ -177,11 +186,21 @@ def _host_grid_mask(
             axis_pieces.append((lo[axis] + whole * cell[axis], 1, tail, tail))
         pieces.append(axis_pieces)
         counts.append(whole * max(hole, 0) + max(tail, 0))
+    kept = 1.0 - counts[0] * counts[1] / (spatial[0] * spatial[1])
+    if device.type == "cpu" if numpy is None else numpy:
+        hits = []
+        for axis_pieces, length in zip(pieces, spatial):
+            profile = np.zeros(length, dtype=np.float32)
+            for start, n, cell_side, hole in axis_pieces:
+                profile[start : start + n * cell_side].reshape(n, cell_side)[:, :hole] = 1.0  # a view of the profile
+            hits.append(profile)
+        return torch.from_numpy(1.0 - np.outer(hits[0], hits[1])).view(1, 1, *spatial).to(device), kept
+    mask = torch.ones((1, 1, *spatial), device=device)
     for start_w, n_w, cell_w, hole_w in pieces[1]:  # columns first: unflattening them leaves the row axis in place
         cols = mask.narrow(3, start_w, n_w * cell_w).unflatten(3, (n_w, cell_w)).narrow(4, 0, hole_w)
         for start_h, n_h, cell_h, hole_h in pieces[0]:
             cols.narrow(2, start_h, n_h * cell_h).unflatten(2, (n_h, cell_h)).narrow(3, 0, hole_h).fill_(0.0)
-    return mask, 1.0 - counts[0] * counts[1] / (spatial[0] * spatial[1])
+    return mask, kept
 
 
 def _range(

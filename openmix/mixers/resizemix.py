@@ -5,6 +5,7 @@ Reference: OpenMixup ``openmixup/models/augments/resizemix.py`` (arXiv 2012.1110
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -136,7 +137,12 @@ class ResizeMix(Mixer):
         return blend(x, patch, mask), lam, mask
 
     def _paste_resized(self, x: Tensor, index: Tensor, lo: list[int], hi: list[int]) -> tuple[Tensor, float, Tensor]:
-        """Resize the batch once to the patch size, permute the (small) result, paste it as a slice."""
+        """Resize the batch once to the patch size, permute the (small) result, paste it as a slice.
+
+        Nearest resizing picks rows, then columns, ... with one ``index_select`` per axis
+        (``F.interpolate``'s own source indices, cached), which measures faster than
+        ``F.interpolate(mode="nearest")`` for downscaling on CPU.
+        """
         batch, spatial = x.shape[0], x.shape[2:]
         sides = [b - a for a, b in zip(lo, hi)]
         mixed = x.clone()
@@ -146,8 +152,12 @@ class ResizeMix(Mixer):
             area *= max(side, 0)
         if area:
             box = (slice(None), slice(None)) + tuple(slice(a, b) for a, b in zip(lo, hi))
-            if self.interpolation == "nearest":
+            if self.interpolation == "nearest" and x.dtype == torch.float64:  # double index arithmetic varies by kernel
                 patch = F.interpolate(x, size=sides, mode="nearest")
+            elif self.interpolation == "nearest":
+                patch = x
+                for axis, (size, side) in enumerate(zip(spatial, sides)):  # the (at most 3) spatial axes
+                    patch = patch.index_select(2 + axis, _nearest_sources(spatial, axis, side, x.device, x.dtype))
             else:
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
                 patch = F.interpolate(_float32(x), size=sides, mode=mode, align_corners=False)
@@ -184,6 +194,29 @@ def _nearest_patch(partner: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         flat = flat * size + source.view(shape)
     index = flat.view(-1, 1, spatial.numel()).expand(batch, channels, -1)
     return torch.gather(partner.reshape(batch, channels, -1), 2, index).view(partner.shape)
+
+
+def _nearest_sources(
+    spatial: Sequence[int], axis: int, side: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Source index of each of ``side`` outputs along ``axis`` when nearest-resizing an input of ``dtype``
+    and sizes ``spatial``.
+
+    ``F.interpolate`` itself resizes a float32 index ramp laid along ``axis`` (its index
+    arithmetic for every floating dtype but float64, which callers resize directly), so
+    the indices are its own. Cached per size, side, axis and device: one small tensor,
+    made on the device, never copied.
+    """
+    return _nearest_ramp(int(spatial[axis]), side, axis, len(spatial), device, torch.float32)
+
+
+@functools.lru_cache(maxsize=4096)
+def _nearest_ramp(size: int, side: int, axis: int, ndim: int, device: torch.device, ramp: torch.dtype) -> Tensor:
+    """See :func:`_nearest_sources`; callers must not modify the result."""
+    shape, out = [1] * ndim, [1] * ndim
+    shape[axis], out[axis] = size, side
+    values = torch.arange(size, device=device, dtype=ramp).view(1, 1, *shape)
+    return F.interpolate(values, size=out, mode="nearest").view(side).long()
 
 
 def _linear_patch(partner: Tensor, lo: Tensor, hi: Tensor) -> Tensor:

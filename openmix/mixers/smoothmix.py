@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,14 +60,19 @@ class SmoothMix(Mixer):
         batch, device, spatial = x.shape[0], x.device, x.shape[2:]
         index = partner_index(batch, self.pairing, device=device, generator=draws.device)
         low, high = self.sigma
-        if self.mode == "batch":  # one blob, drawn on the host
+        if self.mode == "batch":  # one blob, drawn on the host; its mean weight computed there too
             u = host_uniform(len(spatial) + 1, draws.host)
             scale = low + u[-1] * (high - low)
-            centre, sigma = host_rows([v * size - 0.5 for v, size in zip(u, spatial)], [scale * size for size in spatial],
-                                      dtype=torch.float32)
-            params = {"index": index, "centre": centre, "sigma": sigma}
-        else:
-            params = self._draw_blobs(x, draws, index)
+            centre = np.array([v * size - 0.5 for v, size in zip(u, spatial)], dtype=np.float32)
+            sigma = np.array([scale * size for size in spatial], dtype=np.float32)
+            centre, sigma = centre.tolist(), sigma.tolist()  # float32 values, as the mask uses them
+            share = 1.0
+            for size, c, s in zip(spatial, centre, sigma):
+                share *= float(np.exp(-0.5 * np.square((np.arange(size) - c) / s)).mean())
+            lam = 1.0 - share
+            centre, sigma = host_rows(centre, sigma, dtype=torch.float32)
+            return {"index": index, "centre": centre, "sigma": sigma, "lam": torch.full((batch,), lam, device=device)}
+        params = self._draw_blobs(x, draws, index)
         profiles = self._profiles(params, spatial, device)
         share = profiles[0].mean(1)
         for profile in profiles[1:]:
@@ -87,7 +93,9 @@ class SmoothMix(Mixer):
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
-        mask = one_minus_outer(self._profiles(params, x.shape[2:], x.device))
+        mask = _host_mask(params, x.shape[2:]) if x.device.type == "cpu" else None
+        if mask is None:
+            mask = one_minus_outer(self._profiles(params, x.shape[2:], x.device))
         mask = mask.expand(x.shape[0], *mask.shape[1:])  # batch mode: one mask for all
         return blend(x, gather_partner(x, params["index"]), mask), params["lam"], mask
 
@@ -119,3 +127,18 @@ class SmoothMix(Mixer):
         if self.sigma != (0.25, 0.5):
             fields["sigma"] = self.sigma
         return fields
+
+
+def _host_mask(params: Params, spatial: Sequence[int]) -> Tensor | None:
+    """The one blob of batch mode (CPU ``centre``/``sigma`` rows) as a float32 ``(1, 1, *spatial)`` mask
+    built in NumPy, for CPU inputs (no copy into torch); ``None`` for per-sample blobs."""
+    centre, sigma = params["centre"], params["sigma"]
+    if centre.shape[0] != 1 or centre.device.type != "cpu" or sigma.device.type != "cpu" or "skip" in params:
+        return None
+    blob = np.ones((), dtype=np.float32)
+    for axis, (size, c, s) in enumerate(zip(spatial, centre.tolist()[0], sigma.tolist()[0])):
+        shape = [1] * len(spatial)
+        shape[axis] = size
+        offset = (np.arange(size, dtype=np.float32) - np.float32(c)) / np.float32(s)
+        blob = blob * np.exp(np.float32(-0.5) * offset * offset).reshape(shape)
+    return torch.from_numpy(np.float32(1.0) - blob).view(1, 1, *spatial)
