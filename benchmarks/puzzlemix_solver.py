@@ -16,7 +16,7 @@ and with a precise integer scaling (gco's swap without quantisation or overflow)
 mean gap to openmix's own dual lower bound (a certificate of optimality).
 
     python benchmarks/puzzlemix_solver.py                # CPU (and CUDA when present)
-    python benchmarks/puzzlemix_solver.py --threads 1 --sharp
+    python benchmarks/puzzlemix_solver.py --threads 1 --maps sharp
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from openmix.mixers.puzzlemix import (
     PuzzleProblem,
     block_saliency,
+    input_saliency,
     mask_transport,
     puzzle_energy,
     puzzle_masks,
@@ -46,12 +48,22 @@ ANCHOR_GRAPHCUT = {2: 10, 4: 10, 8: 15, 16: 33}
 ANCHOR_TRANSPORT = {2: 6, 4: 10, 8: 97, 16: 1205}
 
 
-def inputs(batch: int, size: int, seed: int, sharp: bool, device: torch.device):
+def inputs(batch: int, size: int, seed: int, maps: str, device: torch.device):
+    """Images, saliency, partners and a batch lam. ``maps``: ``"cnn"`` (input gradients of a small
+    random CNN on smooth images: what PuzzleMix sees), ``"smooth"`` (smoothed noise squared) or
+    ``"sharp"`` (its cube: a few very salient blocks, where the official int32 scaling overflows)."""
     gen = torch.Generator().manual_seed(seed)
-    sal = F.avg_pool2d(torch.randn(batch, 1, size + 6, size + 6, generator=gen), 7, 1)[:, 0].square()
-    if sharp:  # a few very salient blocks (overflows the official int32 scaling)
-        sal = sal.pow(3)
-    images = F.avg_pool2d(torch.rand(batch, 3, size + 4, size + 4, generator=gen), 5, 1)
+    if maps == "cnn":
+        images = F.interpolate(torch.rand(batch, 3, size // 4, size // 4, generator=gen), size=size, mode="bilinear")
+        torch.manual_seed(seed)
+        layers = [m for i in range(4) for m in (nn.Conv2d(3 if i == 0 else 16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())]
+        model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        sal = input_saliency(model, images, torch.randint(0, 10, (batch,), generator=gen))
+    else:
+        sal = F.avg_pool2d(torch.randn(batch, 1, size + 6, size + 6, generator=gen), 7, 1)[:, 0].square()
+        if maps == "sharp":
+            sal = sal.pow(3)
+        images = F.avg_pool2d(torch.rand(batch, 3, size + 4, size + 4, generator=gen), 5, 1)
     index = torch.randperm(batch, generator=gen)
     lam = torch.full((batch,), float(torch.rand((), generator=gen)))
     return sal.to(device), images.to(device), index.to(device), lam.to(device)
@@ -114,7 +126,7 @@ def gco_labels(problem: PuzzleProblem, precise: bool) -> torch.Tensor:
 
 def run(device: torch.device, args: argparse.Namespace, have_gco: bool) -> None:
     print(f"\n{device.type.upper()}  batch {args.batch} x 3x{args.size}x{args.size}, torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}{', sharp saliency' if args.sharp else ''}; times in ms as wall/cpu")
+          f"median of {args.repeats}, {args.maps} saliency maps; times in ms as wall/cpu")
     cpu = device.type == "cpu"
     head = (f"{'G':>3} | {'masks':^15} {'gco loop':^15} {'official':>8} | {'transport':^15} {'official':>8} "
             f"{'t_size=4':^15}")
@@ -122,7 +134,7 @@ def run(device: torch.device, args: argparse.Namespace, have_gco: bool) -> None:
         head += f" | {'E/E_gco':>8} {'E/E_gco*':>8} {'E/bound':>8}"
     print(head + "\n" + "-" * len(head))
     for grid in GRIDS:
-        sal, images, index, lam = inputs(args.batch, args.size, grid, args.sharp, device)
+        sal, images, index, lam = inputs(args.batch, args.size, grid, args.maps, device)
         masks = timed(lambda: puzzle_masks(sal, images, index, lam, grid), args.repeats, device)
         mask = puzzle_masks(sal, images, index, lam, grid)
         partners = images[index]  # gathered before transport in a step, as in the official mixup_graph
@@ -157,7 +169,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--sharp", action="store_true", help="peaked saliency (where the official scaling overflows)")
+    parser.add_argument("--maps", choices=("cnn", "smooth", "sharp"), default="cnn",
+                        help="saliency maps: a small CNN's input gradients, smoothed noise, or peaked (overflows the official scaling)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     args = parser.parse_args()
     if args.threads:

@@ -130,6 +130,25 @@ def test_dual_bound_certifies_near_optimal_masks(grid):
     assert float((energy / bound - 1).mean()) < 2e-3  # within 0.2% of optimal on average, certified
 
 
+def cnn_saliency_problems(grid: int) -> PuzzleProblem:
+    """Input-gradient saliency of a small CNN on smooth images: the maps PuzzleMix really sees."""
+    torch.manual_seed(0)
+    layers = [m for i in range(4) for m in (torch.nn.Conv2d(3 if i == 0 else 16, 16, 3, padding=1),
+                                            torch.nn.BatchNorm2d(16), torch.nn.ReLU())]
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    gen = torch.Generator().manual_seed(1)
+    x = F.interpolate(torch.rand(16, 3, 8, 8, generator=gen), size=32, mode="bilinear")
+    sal = input_saliency(model, x, torch.randint(0, 10, (16,), generator=gen))
+    return puzzle_problem(sal.double(), x.double(), torch.randperm(16, generator=gen), 0.3, grid)
+
+
+def test_input_gradient_saliency_at_g16_is_solved_near_optimally():
+    # strongly coupled: plain parallel min-marginal averaging oscillated here (1.7% above the bound)
+    problem = cnn_saliency_problems(16)
+    labels, bound = solve_puzzle(problem.to(torch.float32), return_bound=True)
+    assert float((puzzle_energy(labels, problem) / bound.double() - 1).mean()) < 3e-3
+
+
 def test_dual_solver_matches_exact_dp_on_4x4():
     problem = random_problems(32, 4, seed=4, sharp=True)
     exact = puzzle_energy(solve_puzzle(problem, method="exact"), problem)
@@ -386,10 +405,13 @@ def test_registered_as_a_saliency_mixer():
 
 
 # ------------------------------------------------------------------- vs gco
+@pytest.mark.parametrize("source", ["smooth", "cnn"])
 @pytest.mark.parametrize("grid", [4, 8, 12, 16])
-def test_no_worse_than_the_official_gco_swap_on_average(grid):
+def test_no_worse_than_the_official_gco_swap_on_average(grid, source):
     gco = pytest.importorskip("gco")
-    problem = random_problems(16, grid, seed=100 + grid, size=48 if grid == 12 else 32)
+    if source == "cnn" and grid == 12:
+        pytest.skip("the CNN maps are 32 px")
+    problem = random_problems(16, grid, seed=100 + grid, size=48 if grid == 12 else 32) if source == "smooth" else cnn_saliency_problems(grid)
     scale = 1000 * grid**2  # the official int32 scaling (graphcut_multi)
     assert float(problem.unary.max()) * scale * 1e5 < np.iinfo(np.int32).max  # no overflow in this sample
     labels = []
@@ -400,4 +422,19 @@ def test_no_worse_than_the_official_gco_swap_on_average(grid):
         labels.append(torch.from_numpy(cut.astype(np.int64)).view(grid, grid))
     theirs = puzzle_energy(torch.stack(labels), problem)
     ours = puzzle_energy(solve_puzzle(problem.to(torch.float32)), problem)
-    assert float(ours.mean()) <= float(theirs.mean()) * (1 + 1e-6)
+    # smooth maps: below gco. CNN maps: gco's swap is within ~0.01% of the optimum there and the
+    # default 12 dual iterations trail it by up to 0.04% at G = 16 (24 iterations match it)
+    slack = 1e-6 if source == "smooth" else 5e-4
+    assert float(ours.mean()) <= float(theirs.mean()) * (1 + slack)
+
+
+def test_more_dual_iterations_reach_gco_on_cnn_maps_at_g16():
+    gco = pytest.importorskip("gco")
+    problem = cnn_saliency_problems(16)
+    scale = 1000 * 16**2
+    pairwise = ((np.arange(3)[:, None] - np.arange(3)[None]) ** 2 / 4).astype(np.float32)
+    theirs = torch.stack([torch.from_numpy(gco.cut_grid_graph(
+        (scale * u.numpy()).astype(np.int32), pairwise, (scale * v.numpy()).astype(np.int32),
+        (scale * h.numpy()).astype(np.int32), algorithm="swap").astype(np.int64)).view(16, 16) for u, v, h in zip(*problem)])
+    ours = solve_puzzle(problem.to(torch.float32), iters=24)
+    assert float(puzzle_energy(ours, problem).mean()) <= float(puzzle_energy(theirs, problem).mean()) * (1 + 1e-6)

@@ -39,8 +39,10 @@ no host-device synchronisation:
   min-marginals of every chain by one forward and one backward min-sum pass (all chains
   of the batch, both families and both directions stacked into one tensor, so an
   iteration costs ``G`` steps of three small ops) and moves the split towards agreement
-  (damped min-marginal averaging). Every iteration decodes a labelling and the lowest
-  energy one is kept; two sweeps of checkerboard ICM polish it. The pairwise term
+  (min-marginal averaging with momentum, damped per sample so that the dual bound never
+  drops). The last iterations decode labellings and the lowest energy one is kept; a
+  sweep of block ICM (every row, then every column, re-solved exactly given its
+  neighbours) polishes it. The pairwise term
   ``w (l - l')^2`` with ``w >= 0`` is submodular on the ordered labels, so the LP
   relaxation this dual bounds is tight, and the dual value certifies how close a
   labelling is to optimal (:func:`solve_puzzle` with ``return_bound``).
@@ -59,8 +61,9 @@ the saliency at ``G = 16``).
 column is won by the row of lowest ``plan * cost`` (rows not contesting the column count
 as 0, so a contestant of positive cost never wins; ties go to the lowest row index) and
 its ``n_iter = grid side`` rounds; an output block that no source wins is zeros, as in the
-official code. Only one dense pass (the row minimum) runs per round: the column fight and
-the +1 penalties are ``O(B * N)`` scatters. Memory: ``2 B N^2`` floats for ``N`` transport
+official code. Per round, the column fight and the +1 penalties are ``O(B * N)`` scatters;
+the rows' minima are one dense pass on an accelerator, while on the CPU only the rows that
+lost (whose costs changed) are re-scanned, a data-dependent gather that waits on nothing. Memory: ``2 B N^2`` floats for ``N`` transport
 cells (52 MB for a batch of 100 at a 16 x 16 grid).
 
 Image sizes: square images whose side every ``G`` in ``block_nums`` divides (else a
@@ -106,7 +109,7 @@ __all__ = [
 LOSSES = ("soft_ce", "bce")
 SOLVERS = ("auto", "exact", "dual")
 EXACT_STATES = 81  # auto: exact row DP while a row has at most this many labellings
-DUAL_ITERS = 12  # default dual iterations (beats swap on average at G = 8 and 16, see benchmarks/puzzlemix_solver.py)
+DUAL_ITERS = 12  # default dual iterations; 16-24 close the last ~0.01% at G = 16 (benchmarks/puzzlemix_solver.py)
 _PRIOR_EPS = 1e-8  # inside the log of the official binomial prior
 
 
@@ -283,7 +286,7 @@ def solve_puzzle(
             ``"dual"`` (chain dual decomposition, any size) or ``"auto"`` (exact while
             ``L^G <= 81``).
         iters: dual iterations (default 12).
-        omega: damping of the min-marginal averaging step.
+        omega: initial damping of the min-marginal averaging step (adapted per sample).
         return_bound: also return a lower bound ``(B,)`` on the optimal energy (the dual
             value; the optimum itself for ``"exact"``).
 
@@ -378,14 +381,20 @@ def _min0(values: Tensor) -> tuple[Tensor, Tensor]:
     return best, arg
 
 
-def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: float = 0.75, sweeps: int = 2) -> tuple[Tensor, Tensor]:
-    """Row/column chain dual decomposition with damped min-marginal averaging, then ICM.
+def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decodes: int = 2, sweeps: int = 1,
+                momentum: float = 0.3) -> tuple[Tensor, Tensor]:
+    """Row/column chain dual decomposition with min-marginal averaging, then ICM.
 
     The two chain families share one tensor ``(P, L, 2, B, G)`` (position, label, family,
     sample, chain): family 0 = rows (position = column), family 1 = columns (position = row);
-    a second copy holds it reversed along the positions for the backward pass. Labellings
-    are decoded from the summed min-marginals from iteration ``decode_from * iters`` on,
-    and the lowest energy one is kept.
+    a second copy holds it reversed along the positions for the backward pass.
+
+    The averaging step carries heavy-ball ``momentum`` and is damped per sample: a step that
+    lowers the sample's dual bound is undone and its damping halved, an accepted one lets
+    it grow (x1.25, at most 1), so the bound never decreases (undamped parallel averaging
+    oscillates on strongly coupled grids, e.g. input-gradient saliency at G = 16; the
+    momentum halves the iterations needed there). Labellings are decoded from the summed
+    min-marginals of the last ``decodes`` iterations; the lowest energy one is kept.
     """
     unary, w_v, w_h = problem
     batch, grid, _, n_labels = unary.shape
@@ -400,19 +409,19 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: f
 
     both = torch.empty(2, grid, n_labels, 2, batch, grid, dtype=unary.dtype, device=unary.device)
     theta = both[0]  # the families' shares of the unaries, half each to start
-    torch.mul(u.permute(3, 0, 1, 2), 0.5, out=theta[:, :, 0])
-    torch.sub(u_cols, theta[:, :, 0].permute(3, 1, 2, 0), out=theta[:, :, 1])
-    torch.index_select(theta, 0, reverse, out=both[1])
     rows = theta[:, :, 0]  # (C, L, B, R)
-    best_labels = best_energy = None
-    bound = unary.new_full((batch,), -math.inf)
+    torch.mul(u.permute(3, 0, 1, 2), 0.5, out=rows)
+    damping = unary.new_full((1, 1, batch, 1), omega)
+    best_labels = best_energy = kept = kept_bound = None
     for it in range(iters + 1):
+        torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=theta[:, :, 1])
+        torch.index_select(theta, 0, reverse, out=both[1])
         out = _chain_scans(both.view(2, grid, n_labels, -1), pairs).view_as(both)
         marg = out[0] + out[1].index_select(0, reverse) - theta
         marg_rows = marg[:, :, 0]  # (C, L, B, R)
         step = marg[:, :, 1].permute(3, 1, 2, 0) - marg_rows  # the columns' min-marginals, rows' layout
-        bound = torch.maximum(bound, out[0, -1].amin(0).sum((0, 2)))
-        if it >= decode_from * iters:
+        bound = out[0, -1].amin(0).sum((0, 2))
+        if it >= iters + 1 - decodes:
             belief = (marg_rows * 2 + step).transpose(0, 1)  # rows' + columns' min-marginals, label first
             labels = _min0(belief)[1].permute(1, 2, 0)  # (B, R, C)
             energy = _labelled_energy(labels, u, w_v, w_h, scale)
@@ -422,45 +431,73 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, decode_from: f
                 better = energy < best_energy
                 best_labels = torch.where(better.view(batch, 1, 1), labels, best_labels)
                 best_energy = torch.minimum(energy, best_energy)
-        if it < iters:
-            # a per-block constant carries no information, and left in it grows ~G-fold per iteration
-            rows.add_(step - step[:, :1], alpha=omega / 2)
-            torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=theta[:, :, 1])
-            torch.index_select(theta, 0, reverse, out=both[1])
+        if it == iters:
+            break
+        # state: the rows' unaries and the step direction; a per-block constant carries no
+        # information, and left in the direction it grows ~G-fold per iteration
+        state = torch.stack([rows, step - step[:, :1]])
+        if kept is None:
+            kept, kept_bound = state, bound
+        else:  # undo the step of the samples whose bound dropped, and halve their damping
+            state[1].add_(kept[1], alpha=momentum)  # heavy-ball momentum along the last accepted direction
+            ok = bound >= kept_bound
+            kept = torch.where(ok.view(1, 1, 1, batch, 1), state, kept)
+            kept_bound = torch.where(ok, bound, kept_bound)
+            damping = torch.where(ok.view(1, 1, batch, 1), (damping * 1.25).clamp_(max=1.0), damping * 0.5)
+        torch.addcmul(kept[0], kept[1], damping, value=0.5, out=rows)
+    if kept is not None:
+        bound = torch.maximum(bound, kept_bound)
     return _icm(best_labels, u, w_v, w_h, scale, sweeps=sweeps), bound
 
 
 def _icm(labels: Tensor, u: Tensor, w_v: Tensor, w_h: Tensor, scale: float, sweeps: int) -> Tensor:
-    """Checkerboard iterated conditional modes; never raises the energy.
-
-    With ``V = (a - b)^2``, a block's cost of label ``a`` is ``u[a] + (a^2 S0 - 2 a S1) * scale``
-    up to a constant, ``S0``/``S1`` the sums of ``w`` and ``w * l`` over its neighbours.
+    """Block iterated conditional modes: every row, then every column, is re-solved exactly
+    (chain min-marginals) with the neighbouring rows or columns fixed; one parity at a time,
+    so the chains solved together do not touch. A chain takes the new labels only where
+    they cost strictly less, so a sweep never raises the energy. This fixes what
+    single-block moves cannot (say two stacked blocks that should flip together).
     """
     n_labels, batch, grid, _ = u.shape
-    s0 = torch.zeros(batch, grid, grid, dtype=u.dtype, device=u.device)
-    s0[:, 1:] += w_v
-    s0[:, :-1] += w_v
-    s0[:, :, 1:] += w_h
-    s0[:, :, :-1] += w_h
-    levels = torch.arange(n_labels, device=u.device, dtype=u.dtype).view(-1, 1, 1, 1)
-    base = u + levels.square() * scale * s0  # (L, B, R, C): all but the neighbours' labels
-    slope = levels * (2 * scale)
-    r = torch.arange(grid, device=u.device)
-    black = ((r.view(-1, 1) + r.view(1, -1)) % 2 == 0).expand(batch, grid, grid)
+    levels = torch.arange(n_labels, device=u.device, dtype=u.dtype)
+    table = (levels.view(-1, 1) - levels.view(1, -1)).square() * scale
+    lv = levels.view(-1, 1, 1, 1)
+    reverse = torch.arange(grid - 1, -1, -1, device=u.device)
+    parities = [torch.arange(start, grid, 2, device=u.device) for start in (0, 1)]
+    # per axis (0: rows, chains along the columns; 1: columns), edges (G-1, B, G) along the chains
+    edges = (w_h.permute(2, 0, 1), w_v.permute(1, 0, 2))
     for _ in range(sweeps):
-        for colour in (black, ~black):
-            lab = labels.to(u.dtype)
-            s1 = torch.zeros_like(s0)
-            s1[:, 1:] += w_v * lab[:, :-1]
-            s1[:, :-1] += w_v * lab[:, 1:]
-            s1[:, :, 1:] += w_h * lab[:, :, :-1]
-            s1[:, :, :-1] += w_h * lab[:, :, 1:]
-            costs = base - slope * s1
-            best, arg = _min0(costs)
-            # move only where strictly better, so a sweep never raises the energy
-            improve = colour & (best < costs.gather(0, labels.unsqueeze(0)).squeeze(0))
-            labels = torch.where(improve, arg, labels)
+        for axis in (0, 1):
+            for chains in parities:
+                k = chains.numel()
+                lab = labels.to(u.dtype)
+                cost = u.clone()  # (L, B, R, C), plus the fixed neighbours across the chains
+                if axis == 0:
+                    cost[:, :, 1:] += w_v * (lv - lab[:, :-1]).square() * scale
+                    cost[:, :, :-1] += w_v * (lv - lab[:, 1:]).square() * scale
+                    theta = cost.index_select(2, chains).permute(3, 0, 1, 2)  # (C, L, B, k)
+                    old = labels.index_select(1, chains).permute(2, 0, 1)  # (C, B, k)
+                else:
+                    cost[:, :, :, 1:] += w_h * (lv - lab[:, :, :-1]).square() * scale
+                    cost[:, :, :, :-1] += w_h * (lv - lab[:, :, 1:]).square() * scale
+                    theta = cost.index_select(3, chains).permute(2, 0, 1, 3)  # (R, L, B, k)
+                    old = labels.index_select(2, chains).permute(1, 0, 2)  # (R, B, k)
+                e = edges[axis].index_select(2, chains)  # (G-1, B, k)
+                pair = e.reshape(grid - 1, 1, 1, -1) * table.view(1, n_labels, n_labels, 1)
+                both = torch.stack([theta, theta.index_select(0, reverse)]).reshape(2, grid, n_labels, -1)
+                out = _chain_scans(both, torch.stack([pair, pair.flip(0)], 1))
+                marg = (out[0] + out[1].index_select(0, reverse) - both[0]).view(grid, n_labels, batch, k)
+                new = _min0(marg.transpose(0, 1))[1]  # (G, B, k)
+                take = _chain_energy(theta, e, new, scale) < _chain_energy(theta, e, old, scale)
+                chosen = torch.where(take.unsqueeze(0), new, old)
+                labels = labels.index_copy(1 + axis, chains, chosen.permute(1, 2, 0) if axis == 0 else chosen.permute(1, 0, 2))
     return labels
+
+
+def _chain_energy(theta: Tensor, edges: Tensor, labels: Tensor, scale: float) -> Tensor:
+    """Energy ``(B, k)`` of chain labels ``(P, B, k)``: unaries ``theta`` ``(P, L, B, k)``, edge weights ``(P-1, B, k)``."""
+    lab = labels.to(theta.dtype)
+    unary = theta.gather(1, labels.unsqueeze(1)).squeeze(1).sum(0)
+    return unary + (edges * (lab[1:] - lab[:-1]).square()).sum(0) * scale
 
 
 def puzzle_masks(
