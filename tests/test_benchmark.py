@@ -45,3 +45,29 @@ def test_sync_free_runs_the_call_in_error_mode_and_restores_the_mode(bench, monk
     with pytest.raises(RuntimeError, match="synchronizing"):
         bench.sync_free(mixer, None, None)
     assert seen == ["error"] and modes[-1] == "warn"
+
+
+def test_findings_name_each_missed_target(bench):
+    small, large = (128, 3, 32, 32), (64, 3, 224, 224)
+
+    def row(library, method, mode, ms, shape=small, floor=1.0):
+        return bench.Row(library, method, mode, shape, "cpu", ms, floor)
+
+    rows = [
+        row("openmix", "fmix", "batch", 1.0),  # no peer fmix: compared with the fastest peer cutmix
+        row("openmix", "mixup", "batch", 0.5),
+        row("openmix", "mixup", "elem", 0.5),
+        row("openmix", "cutmix", "elem", 0.4),
+        row("openmix", "resizemix", "batch", 30.0, large, 3.5),
+        row("timm", "cutmix", "batch", 0.8),
+        row("torchvision", "cutmix", "batch", 0.9),
+        row("timm", "mixup", "batch", 0.7),
+        row("timm", "mixup", "elem", 4.0),
+        row("timm", "cutmix", "elem", 5.0),
+    ]
+    notes = "\n".join(bench.findings(rows))
+    assert "fmix batch cpu 128x3x32x32: 1 ms, slower than the fastest peer (timm cutmix, 0.8 ms)" in notes
+    assert "mixup elem cpu 128x3x32x32: 8.0x faster than timm mixup elem" in notes
+    assert "cutmix elem" not in notes  # 12.5x faster
+    assert "mixup batch" not in notes
+    assert "resizemix batch cpu 64x3x224x224: 3.50x floor > target 3.0x" in notes
