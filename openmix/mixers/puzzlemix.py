@@ -460,33 +460,33 @@ def _icm(labels: Tensor, u: Tensor, w_v: Tensor, w_h: Tensor, scale: float, swee
     n_labels, batch, grid, _ = u.shape
     levels = torch.arange(n_labels, device=u.device, dtype=u.dtype)
     table = (levels.view(-1, 1) - levels.view(1, -1)).square() * scale
-    lv = levels.view(-1, 1, 1, 1)
+    lv = levels.view(1, -1, 1, 1)
     reverse = torch.arange(grid - 1, -1, -1, device=u.device)
     parities = [torch.arange(start, grid, 2, device=u.device) for start in (0, 1)]
-    # per axis (0: rows, chains along the columns; 1: columns), edges (G-1, B, G) along the chains
-    edges = (w_h.permute(2, 0, 1), w_v.permute(1, 0, 2))
+    # per axis (0: rows, chains along the columns; 1: columns): unaries (P, L, B, chain), edges
+    # along the chains (P-1, B, chain), edges across them zero-padded (P, B, chain+1)
+    layout = {
+        0: (u.permute(3, 0, 1, 2), w_h.permute(2, 0, 1), F.pad(w_v.permute(2, 0, 1), (1, 1))),
+        1: (u.permute(2, 0, 1, 3), w_v.permute(1, 0, 2), F.pad(w_h.permute(1, 0, 2), (1, 1))),
+    }
     for _ in range(sweeps):
         for axis in (0, 1):
+            unary, along, across = layout[axis]
             for chains in parities:
                 k = chains.numel()
-                lab = labels.to(u.dtype)
-                cost = u.clone()  # (L, B, R, C), plus the fixed neighbours across the chains
-                if axis == 0:
-                    cost[:, :, 1:] += w_v * (lv - lab[:, :-1]).square() * scale
-                    cost[:, :, :-1] += w_v * (lv - lab[:, 1:]).square() * scale
-                    theta = cost.index_select(2, chains).permute(3, 0, 1, 2)  # (C, L, B, k)
-                    old = labels.index_select(1, chains).permute(2, 0, 1)  # (C, B, k)
-                else:
-                    cost[:, :, :, 1:] += w_h * (lv - lab[:, :, :-1]).square() * scale
-                    cost[:, :, :, :-1] += w_h * (lv - lab[:, :, 1:]).square() * scale
-                    theta = cost.index_select(3, chains).permute(2, 0, 1, 3)  # (R, L, B, k)
-                    old = labels.index_select(2, chains).permute(1, 0, 2)  # (R, B, k)
-                e = edges[axis].index_select(2, chains)  # (G-1, B, k)
+                lab = labels.permute(2, 0, 1) if axis == 0 else labels.permute(1, 0, 2)  # (P, B, chain)
+                padded = F.pad(lab.to(u.dtype), (1, 1))
+                above, below = padded.index_select(2, chains), padded.index_select(2, chains + 2)
+                theta = unary.index_select(3, chains) + scale * (
+                    across.index_select(2, chains).unsqueeze(1) * (lv - above.unsqueeze(1)).square()
+                    + across.index_select(2, chains + 1).unsqueeze(1) * (lv - below.unsqueeze(1)).square())
+                e = along.index_select(2, chains)  # (G-1, B, k)
                 pair = e.reshape(grid - 1, 1, 1, -1) * table.view(1, n_labels, n_labels, 1)
                 both = torch.stack([theta, theta.index_select(0, reverse)]).reshape(2, grid, n_labels, -1)
                 out = _chain_scans(both, torch.stack([pair, pair.flip(0)], 1))
                 marg = (out[0] + out[1].index_select(0, reverse) - both[0]).view(grid, n_labels, batch, k)
                 new = _min0(marg.transpose(0, 1))[1]  # (G, B, k)
+                old = lab.index_select(2, chains)
                 take = _chain_energy(theta, e, new, scale) < _chain_energy(theta, e, old, scale)
                 chosen = torch.where(take.unsqueeze(0), new, old)
                 labels = labels.index_copy(1 + axis, chains, chosen.permute(1, 2, 0) if axis == 0 else chosen.permute(1, 0, 2))
