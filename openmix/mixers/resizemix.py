@@ -19,6 +19,7 @@ from openmix.sampling import beta, box_mask, host_beta, host_rows, host_uniform,
 __all__ = ["ResizeMix"]
 
 INTERPOLATIONS = ("nearest", "bilinear")
+_SMALL_IMAGE = 64 * 64  # pixels: below this, batch-mode nearest patches are picked by index_select on CPU
 
 
 @register("resizemix")
@@ -139,9 +140,11 @@ class ResizeMix(Mixer):
     def _paste_resized(self, x: Tensor, index: Tensor, lo: list[int], hi: list[int]) -> tuple[Tensor, float, Tensor]:
         """Resize the batch once to the patch size, permute the (small) result, paste it as a slice.
 
-        Nearest resizing picks rows, then columns, ... with one ``index_select`` per axis
-        (``F.interpolate``'s own source indices, cached), which measures faster than
-        ``F.interpolate(mode="nearest")`` for downscaling on CPU.
+        Nearest resizing of small images on CPU (up to 64x64 pixels) picks rows, then
+        columns, ... with one ``index_select`` per axis (``F.interpolate``'s own source
+        indices, cached): there it measures faster than ``F.interpolate(mode="nearest")``,
+        which wins on larger images (the column gather grows costly) and on accelerators.
+        float64 takes ``F.interpolate`` too (its double index arithmetic varies by kernel).
         """
         batch, spatial = x.shape[0], x.shape[2:]
         sides = [b - a for a, b in zip(lo, hi)]
@@ -152,7 +155,8 @@ class ResizeMix(Mixer):
             area *= max(side, 0)
         if area:
             box = (slice(None), slice(None)) + tuple(slice(a, b) for a, b in zip(lo, hi))
-            if self.interpolation == "nearest" and x.dtype == torch.float64:  # double index arithmetic varies by kernel
+            small = x.device.type == "cpu" and spatial.numel() <= _SMALL_IMAGE and x.dtype != torch.float64
+            if self.interpolation == "nearest" and not small:
                 patch = F.interpolate(x, size=sides, mode="nearest")
             elif self.interpolation == "nearest":
                 patch = x
