@@ -719,7 +719,9 @@ class PuzzleMix(Mixer):
 
     Use it through :func:`openmix.training.mix_step` (which calls :meth:`training_step`),
     or call it with a saliency map: ``mixer(x, y, saliency=s)``. Defaults are the official
-    CIFAR-100 run and OpenMixup's config.
+    CIFAR-100 run and OpenMixup's config. ``MixOutput.mask`` ``(B, 1, H, W)`` weighs the
+    *transported* own image: ``x_mix = mask * T(x) + (1 - mask) * T'(x[index])`` (without
+    ``transport``, ``T`` is the identity); ``lam`` is its mean.
 
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)`` (one per batch in ``"batch"`` mode, as official).
@@ -795,6 +797,8 @@ class PuzzleMix(Mixer):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if solver_iters is not None and (isinstance(solver_iters, bool) or not isinstance(solver_iters, int) or solver_iters < 0):
+            raise ValueError(f"solver_iters must be None or an integer >= 0, got {solver_iters!r}")
         if clean_lam > 0 and num_classes is None:
             raise ValueError("clean_lam > 0 weighs the clean loss by 2 * clean_lam / num_classes: pass num_classes")
         self.block_nums = nums
