@@ -243,7 +243,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_short_real_run_on_fashion_mnist(tmp_path):
-    cfg = compose_cfg(f"+run_dir={tmp_path / 'run'}", "epochs=1", "mixer=vanilla", "trainer.limit_train_batches=30",
+    cfg = compose_cfg(f"+run_dir={tmp_path / 'run'}", "epochs=1", "mixer=vanilla", "+trainer.limit_train_batches=30",
                       "+trainer.limit_val_batches=20", "trainer.accelerator=cpu", "print_table=false")
     row = train(cfg)  # the default experiment: Fashion-MNIST from Debian's package
     assert row["data"] == "fashion_mnist" and row["experiment"] == "fashion_mnist_quick"
