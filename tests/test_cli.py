@@ -265,3 +265,14 @@ def test_missing_dataset_is_one_clear_error_and_no_run_folder(tmp_path):
     assert result.returncode == 2
     assert "nowhere/cifar-100-python" in result.stderr and "data.download=true" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_saliency_mixer_gets_the_data_normalisation_unless_set():
+    from openmix.cli.train import with_data_normalisation
+    from openmix.data import build_datamodule
+
+    data = build_datamodule("synthetic", in_chans=1)
+    assert with_data_normalisation({"name": "puzzlemix", "mean": None, "std": None}, data) == {
+        "name": "puzzlemix", "mean": [0.5], "std": [0.25]}
+    assert with_data_normalisation({"name": "puzzlemix", "mean": [0.1], "std": None}, data)["mean"] == [0.1]
+    assert with_data_normalisation({"name": "mixup", "alpha": 1.0}, data) == {"name": "mixup", "alpha": 1.0}

@@ -98,6 +98,24 @@ def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.get("kwargs") else {}
 
 
+def with_data_normalisation(mixer_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """``mixer_cfg`` with ``mean``/``std`` taken from the data where the mixer takes them and the config
+    leaves them unset (``null``): PuzzleMix's data term and adversarial step work in pixel space."""
+    import inspect
+
+    import openmix
+
+    name = mixer_cfg.get("name")
+    if name in (None, "vanilla", "none") or name not in openmix.available():
+        return mixer_cfg
+    accepted = inspect.signature(openmix.registry.get(name)).parameters
+    filled = dict(mixer_cfg)
+    for key in ("mean", "std"):
+        if key in accepted and filled.get(key) is None:
+            filled[key] = list(getattr(datamodule, key))
+    return filled
+
+
 def run_dir_of(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.get("run_dir", "run"))
 
@@ -160,7 +178,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     datamodule = _datamodule(cfg)
     if not cfg.data.get("download", False):
         datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
-    mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)
+    mixer_cfg = with_data_normalisation(OmegaConf.to_container(cfg.mixer, resolve=True), datamodule)
     module = MixupClassifier(
         model=cfg.model.name,
         model_kwargs=_model_kwargs(cfg),
