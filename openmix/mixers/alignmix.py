@@ -1,0 +1,356 @@
+"""AlignMix (Venkataramanan et al., CVPR 2022; arXiv 2103.15375): mixup of the last feature maps
+after aligning their positions by optimal transport.
+
+One training step (:meth:`AlignMix.training_step`), as the official code
+(``shashankvkt/AlignMixup_CVPR22``: ``cifar10_100/models/resnet18_classifier.py``,
+``utils/OT.py``) does it:
+
+1. one ``lam ~ Beta(alpha, alpha)`` (alpha 2) and a partner permutation for the batch; a fair
+   coin chooses between
+2. a) plain **input mixup** of the images, or
+   b) **alignment** at the last feature map ``A = model.forward_features(x)`` ``(B, C, H, W)``
+   (the output of the last stage, before pooling), seen as ``N = H W`` vectors of ``C``
+   features, against its partner's ``A' = A[index]``:
+
+   * cost: squared L2 distance between the raw feature vectors of every position pair,
+     ``cost[b, i, j] = |A[b, :, i] - A'[b, :, j]|^2`` (:func:`feature_cost`);
+   * plan ``P`` ``(B, N, N)``: entropic optimal transport between uniform marginals ``1/N``
+     by log-domain Sinkhorn, ``eps = 0.1``, at most 100 iterations (:func:`sinkhorn`);
+     detached, and scaled to ``R = N * P`` (not row-normalised);
+   * a second fair coin picks the direction (:func:`align_mix`), with ``A`` and ``A'`` as
+     ``(B, C, N)`` matrices: ``lam * A + (1 - lam) * A' R^T`` (the partner carried onto the
+     sample's positions) or ``lam * A R + (1 - lam) * A'`` (the sample carried onto the
+     partner's positions);
+   * the mixed map goes through ``model.forward_head``;
+3. loss against ``lam * y + (1 - lam) * y[index]`` in both branches (the official
+   ``mixup_criterion`` of cross-entropies, i.e. soft-target CE).
+
+Gradients reach the model through both feature maps; the plan carries none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from openmix.checks import check_number
+from openmix.mixer import Draws, Mixer, Params, gather_partner
+from openmix.mixers.manifoldmix import mix_hidden
+from openmix.output import MixOutput
+from openmix.registry import register
+from openmix.sampling import host_coin
+from openmix.targets import mix_targets, soft_targets
+
+if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
+    from openmix.training import StepResult
+
+__all__ = ["AlignMix", "sinkhorn", "feature_cost", "align_mix"]
+
+_MARGINAL_EPS = 1e-8  # inside the log of the official marginals
+
+
+# ============================================================================ transport
+@torch.no_grad()
+def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0.1, *,
+             check_every: int | None = None) -> Tensor:
+    """Entropic optimal transport plans between uniform marginals, batched, in the log domain.
+
+    The official ``SinkhornDistance`` (``utils/OT.py``): potentials ``u`` ``(B, N)`` and ``v``
+    ``(B, M)`` start at 0; each iteration sets
+    ``u = eps * (log(1/N + 1e-8) - logsumexp_j((-cost + u_i + v_j) / eps)) + u``, then ``v`` the
+    same way over ``i`` with the new ``u``, and stops once the batch mean of
+    ``sum_i |u - u_prev|`` is below ``tol``, or after ``max_iter`` iterations; the plan is
+    ``exp((-cost + u_i + v_j) / eps)``. Its columns sum to ``1/M``; its rows sum to ``1/N``
+    once it has converged (which on raw CNN features often takes more than ``max_iter``
+    iterations: the official code uses the plan as it is then). Computed here with the potentials divided by ``eps`` (the
+    same iterates in exact arithmetic), in float32 or float64, with no gradient.
+
+    **When it stops.** Stopping needs a decision on the host, and reading a device value
+    makes the host wait for the device. The rule is checked every ``check_every``
+    iterations (default: every iteration on the CPU, where reading a value costs nothing;
+    every 10 on an accelerator: one host-device synchronisation per 10 iterations, at most
+    ``ceil(max_iter / 10)`` per call). Each iteration's change is kept on the device, and a
+    check that finds the rule met at an earlier iteration of its block re-runs the block up
+    to that iteration, so the plan is the one the official per-iteration check gives,
+    whatever ``check_every`` is. In practice, on raw CNN features (costs of hundreds
+    against ``eps = 0.1``) the rule is rarely met and all ``max_iter`` iterations run.
+
+    Args:
+        cost: ``(B, N, M)`` (or ``(N, M)``) transport costs.
+        eps: entropic regularisation.
+        max_iter: iteration limit.
+        tol: stopping threshold on the batch mean of ``sum_i |u - u_prev|``.
+        check_every: iterations between host checks of the stopping rule (see above).
+
+    Returns:
+        The plans ``(B, N, M)`` (``(N, M)`` for a 2-D ``cost``), each summing to 1; detached.
+
+    Example:
+        >>> cost = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+        >>> sinkhorn(cost).round(decimals=4)  # mass stays where it costs nothing
+        tensor([[0.5000, 0.0000],
+                [0.0000, 0.5000]])
+    """
+    check_number("eps", eps, low=0.0)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1):
+        raise ValueError(f"check_every must be None or an integer >= 1, got {check_every!r}")
+    if not isinstance(cost, Tensor) or cost.ndim not in (2, 3):
+        raise ValueError(f"cost must be a (B, N, M) or (N, M) tensor, got {getattr(cost, 'shape', type(cost).__name__)}")
+    single = cost.ndim == 2
+    if single:
+        cost = cost.unsqueeze(0)
+    batch, rows, cols = cost.shape
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    log_k = cost.detach().to(dtype).div(-eps)  # (B, N, M): -cost / eps
+    log_mu, log_nu = math.log(1.0 / rows + _MARGINAL_EPS), math.log(1.0 / cols + _MARGINAL_EPS)
+    # With f = u / eps, g = v / eps, the official updates are f = log_mu - lse_j(K + g) and
+    # g = log_nu - lse_i(K + f). Iterated here as p = log_mu - f and q = log_nu - g:
+    # p = lse_j(K + log_nu - q), q = lse_i(K + log_mu - p); |u - u_prev| = eps |p - p_prev|.
+    row_k, col_k = log_k + log_nu, log_k + log_mu
+    p = torch.full((batch, rows), log_mu, dtype=dtype, device=cost.device)  # f = 0
+    q = torch.full((batch, cols), log_nu, dtype=dtype, device=cost.device)  # g = 0
+    # mean_b sum_i |u - u_prev| < tol  <=>  sum_(b, i) |p - p_prev| < tol * B / eps
+    threshold = tol * batch / eps
+
+    def iterate(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p_new = _logsumexp_minus(row_k, q.unsqueeze(1), 2)
+        q_new = _logsumexp_minus(col_k, p_new.unsqueeze(2), 1)
+        return p_new, q_new, (p_new - p).abs_()
+
+    every = check_every or (1 if cost.device.type == "cpu" else 10)
+    if every == 1:
+        for _ in range(max_iter):
+            p, q, change = iterate(p, q)
+            if float(change.sum()) < threshold:
+                break
+    else:
+        changes = log_k.new_empty(max_iter)
+        block = (p, q)  # the potentials before the unchecked iterations
+        for step in range(max_iter):
+            p, q, change = iterate(p, q)
+            torch.sum(change, dim=(0, 1), out=changes[step])
+            if (step + 1) % every and step + 1 < max_iter:
+                continue
+            first = step - step % every  # the block's first iteration
+            passed = changes[first : step + 1] < threshold
+            if bool(passed.any()):  # the one host read of the block
+                stop = first + int(passed.int().argmax())
+                p, q = block
+                for _ in range(first, stop + 1):  # the same iterations again, up to the first that passed
+                    p, q, _ = iterate(p, q)
+                break
+            block = (p, q)
+    plan = (row_k + log_mu).sub_(p.unsqueeze(2)).sub_(q.unsqueeze(1)).exp_()  # exp(K + f + g)
+    return plan[0] if single else plan
+
+
+def _logsumexp_minus(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """``logsumexp(a - b, dim)`` for finite values, in 7 kernels (``torch.logsumexp`` also guards
+    infinities, in 3 more: this loop is launch-bound on accelerators)."""
+    t = a - b
+    top = t.amax(dim, keepdim=True)
+    return t.sub_(top).exp_().sum(dim).log_().add_(top.squeeze(dim))
+
+
+def feature_cost(a: Tensor, b: Tensor) -> Tensor:
+    """Squared L2 distances ``(B, N, M)`` between the columns of ``a`` ``(B, C, N)`` and ``b`` ``(B, C, M)``.
+
+    ``|a_i|^2 + |b_j|^2 - 2 a_i . b_j`` by one batched matrix product (clamped at 0), in
+    float32 (float64 inputs stay float64), without gradient: the official
+    ``_cost_matrix(p=2)`` without its ``(B, N, M, C)`` intermediate.
+
+    Example:
+        >>> feature_cost(torch.tensor([[[0.0, 1.0]]]), torch.tensor([[[3.0]]]))
+        tensor([[[9.],
+                 [4.]]])
+    """
+    with torch.no_grad():
+        dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        a, b = a.detach().to(dtype), b.detach().to(dtype)
+        cross = torch.bmm(a.transpose(1, 2), b)  # (B, N, M)
+        return (a.square().sum(1).unsqueeze(2) + b.square().sum(1).unsqueeze(1)).sub_(cross, alpha=2.0).clamp_min_(0.0)
+
+
+def align_mix(features: Tensor, index: Tensor, lam: Tensor | float, plan: Tensor, direction: int) -> Tensor:
+    """Mix ``features`` ``(B, C, H, W)`` with their partners ``features[index]`` through a transport plan.
+
+    With ``A = features`` and ``A' = features[index]`` as ``(B, C, N)`` matrices (``N = H W``)
+    and ``R = N * plan`` (``plan`` ``(B, N, N)`` between the positions of ``A``, rows, and
+    those of ``A'``, columns, marginals ``1/N``):
+
+    * ``direction = 0``: ``lam * A + (1 - lam) * A' R^T``: the partner's features carried onto
+      the sample's positions;
+    * ``direction = 1``: ``lam * A R + (1 - lam) * A'``: the sample's features carried onto the
+      partner's positions.
+
+    With the identity plan ``eye(N) / N`` both are plain feature mixup. ``lam`` is one number
+    or ``(B,)``; gradients reach ``features`` through both terms, none reaches ``plan``.
+
+    Example:
+        >>> feats = torch.arange(8.0).view(2, 1, 2, 2)
+        >>> identity = torch.eye(4).expand(2, 4, 4) / 4
+        >>> torch.equal(align_mix(feats, torch.tensor([1, 0]), 0.5, identity, 0), (feats + feats.flip(0)) / 2)
+        True
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (B, C, H, W), got shape {tuple(features.shape)}")
+    batch, channels, height, width = features.shape
+    n = height * width
+    if plan.shape != (batch, n, n):
+        raise ValueError(f"plan must be (B, H*W, H*W) = {(batch, n, n)}, got {tuple(plan.shape)}")
+    if direction not in (0, 1):
+        raise ValueError(f"direction must be 0 (A' R^T) or 1 (A R), got {direction!r}")
+    own = features.flatten(2)  # (B, C, N)
+    partner = gather_partner(own, index)
+    assign = plan.detach().to(features.dtype) * n  # R
+    if isinstance(lam, Tensor):
+        lam = lam.to(features.dtype).view(batch, 1, 1)
+    if direction == 0:
+        mixed = torch.lerp(torch.bmm(partner, assign.transpose(1, 2)), own, lam)
+    else:
+        mixed = torch.lerp(partner, torch.bmm(own, assign), lam)
+    return mixed.view(batch, channels, height, width)
+
+
+# ============================================================================ the mixer
+@register("alignmix")
+class AlignMix(Mixer):
+    """AlignMix: input mixup or optimal-transport-aligned mixup of the last feature maps (needs the model).
+
+    Use it through :func:`openmix.training.mix_step` (which calls :meth:`training_step`) or
+    :class:`~openmix.lightning.MixupClassifier`. The model needs ``forward_features``
+    returning the last feature map ``(B, C, H, W)`` and ``forward_head`` (openmix's models and
+    timm's CNNs have both; the map is the output of the last of
+    :func:`~openmix.models.split_stages`).
+
+    ``MixOutput.x`` of a step is the mixed input on an input-mixup step, else the unmixed
+    input (the aligned mix was of feature maps); ``lam``, ``index`` and the soft targets
+    ``lam * y + (1 - lam) * y[index]`` are those of the step. ``mask`` is ``None``.
+
+    Args:
+        alpha: ``lam ~ Beta(alpha, alpha)``, the same ``lam`` in both branches (official: 2.0).
+        num_classes: needed for class-id labels.
+        align_prob: probability of the aligned branch per step (official: 0.5; the rest is
+            input mixup).
+        eps, max_iter, tol, check_every: the Sinkhorn settings (:func:`sinkhorn`; official
+            0.1, 100, 0.1).
+        **kwargs: the common :class:`~openmix.mixer.Mixer` arguments.
+
+    Example:
+        >>> import torch, openmix
+        >>> from openmix.models import create_model
+        >>> from openmix.training import mix_step
+        >>> model = create_model("small_convnet", num_classes=10, in_chans=1, widths=(8, 8, 8))
+        >>> mixer = openmix.build("alignmix", num_classes=10, align_prob=1.0, seed=0)
+        >>> step = mix_step(model, mixer, torch.rand(4, 1, 16, 16), torch.arange(4))
+        >>> step.logits.shape, step.mix.y.sum(1)
+        (torch.Size([4, 10]), tensor([1., 1., 1., 1.]))
+    """
+
+    kind = "feature"
+    spatial_dims = (2,)
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        num_classes: int | None = None,
+        *,
+        align_prob: float = 0.5,
+        eps: float = 0.1,
+        max_iter: int = 100,
+        tol: float = 0.1,
+        check_every: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha, num_classes, **kwargs)
+        check_number("align_prob", align_prob, low=0.0, high=1.0)
+        check_number("eps", eps, low=0.0)
+        check_number("tol", tol, low=0.0)
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1):
+            raise ValueError(f"check_every must be None or an integer >= 1, got {check_every!r}")
+        self.align_prob = float(align_prob)
+        self.eps, self.max_iter, self.tol, self.check_every = float(eps), max_iter, float(tol), check_every
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
+        """Not available: AlignMix aligns the model's feature maps, so it needs the model."""
+        raise TypeError(
+            "AlignMix mixes the model's feature maps, so it needs the model: train with "
+            "openmix.training.mix_step(model, mixer, x, y) (it calls mixer.training_step) or "
+            "openmix.lightning.MixupClassifier"
+        )
+
+    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
+        """One step: input mixup or aligned feature mixup (a coin per step), loss on the logits.
+
+        A batch the ``prob`` coin skips is a plain step on the unmixed batch.
+        """
+        from openmix.training import StepResult
+
+        self.check_inputs(x)
+        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
+        self.check_model(model)
+        params = self.sample_params(x)
+        if params.get("identity", False):
+            logits = model(x)
+            return StepResult(criterion(logits, soft), logits, MixOutput.identity(x, soft))
+        index, lam = params["index"], params["lam"]
+        weight = params.get("batch_lam", lam)
+        if params["align"]:
+            features = model.forward_features(x)
+            if not isinstance(features, Tensor) or features.ndim != 4:
+                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(
+                    f"AlignMix aligns the positions of a (B, C, H, W) feature map; "
+                    f"{type(model).__name__}.forward_features returned {shape}"
+                )
+            plan = sinkhorn(feature_cost(features.flatten(2), gather_partner(features.detach().flatten(2), index)),
+                            self.eps, self.max_iter, self.tol, check_every=self.check_every)
+            logits = model.forward_head(align_mix(features, index, weight, plan, params["direction"]))
+            mixed = x
+        else:
+            mixed = mix_hidden(x, index, weight)
+            logits = model(mixed)
+        target = mix_targets(soft, index, weight)
+        return StepResult(criterion(logits, target), logits, MixOutput(x=mixed, y=target, lam=lam, index=index))
+
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Adds ``align`` (the aligned branch, else input mixup) and ``direction`` (0 or 1), host draws."""
+        params = super().draw_params(x, draws)
+        params["align"] = host_coin(self.align_prob, draws.host)
+        params["direction"] = int(torch.randint(2, (), generator=draws.host))
+        return params
+
+    def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, None]:
+        """The input-mixup branch: ``lam * x + (1 - lam) * x[index]``."""
+        return mix_hidden(x, params["index"], params.get("batch_lam", params["lam"])), params["lam"], None
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``TypeError`` unless ``model`` has ``forward_features`` and ``forward_head``."""
+        missing = [name for name in ("forward_features", "forward_head") if not callable(getattr(model, name, None))]
+        if missing:
+            wrapped = " (for a wrapped model, DistributedDataParallel or torch.compile, run the step on the module inside)" \
+                if hasattr(model, "module") or hasattr(model, "_orig_mod") else ""
+            raise TypeError(
+                f"AlignMix mixes the last feature map, so it needs a model with forward_features (returning "
+                f"(B, C, H, W)) and forward_head, as openmix's models and timm's CNNs have; got "
+                f"{type(model).__name__}, which has no {' / '.join(missing)}{wrapped}"
+            )
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        fields.update(align_prob=self.align_prob, eps=self.eps, max_iter=self.max_iter, tol=self.tol)
+        if self.check_every is not None:
+            fields["check_every"] = self.check_every
+        return fields
