@@ -357,3 +357,29 @@ def test_registered_as_a_feature_mixer_with_a_repr():
     assert openmix.available()["alignmix"] == "feature"
     text = repr(alignmix())
     assert "alpha=2.0" in text and "align_prob=0.5" in text and "eps=0.1" in text and math.isclose(alignmix().tol, 0.1)
+
+
+def test_step_cost_benchmark_prints_a_table(capsys):
+    """benchmarks/step_cost.py on a tiny model: every method and variant gets a row."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
+    spec = importlib.util.spec_from_file_location("step_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(bench)
+        rows = bench.main(["--device", "cpu", "--model", "small_convnet", "--batch", "4", "--size", "8",
+                           "--repeat", "1", "--warmup", "1", "--parts", "1"])["cpu"]
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert [(r.method, r.variant) for r in rows] == [
+        ("vanilla", ""), ("mixup", ""), ("puzzlemix", "G=2"), ("puzzlemix", "G=4"), ("puzzlemix", "G=8"),
+        ("alignmix", "aligned"), ("alignmix", "input mixup"),
+        ("manifoldmix", "layer 0"), ("manifoldmix", "layer 1"), ("manifoldmix", "layer 2")]
+    assert all(r.ms > 0 for r in rows)
+    assert rows[5].parts["sinkhorn"] > 0 and "masks+transport" in rows[2].parts
+    text = capsys.readouterr().out
+    assert "| **alignmix** | mean |" in text and "sinkhorn" in text and "masks+transport" in text
