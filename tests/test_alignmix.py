@@ -96,7 +96,7 @@ def test_sinkhorn_plan_is_detached():
 
 
 @pytest.mark.parametrize("scale", [0.2, 0.5, 1.0, 3.0])
-@pytest.mark.parametrize("check_every", [None, 1, 3, 10])
+@pytest.mark.parametrize("check_every", [None, 0, 1, 3, 10])
 def test_sinkhorn_is_the_official_iteration_and_stopping_rule(scale, check_every):
     cost = random_costs(scale)
     expected, iterations = official_sinkhorn(cost)
@@ -118,6 +118,15 @@ def test_sinkhorn_on_raw_cnn_features_runs_max_iter_and_keeps_columns():
     torch.testing.assert_close(plan.sum(1), torch.full((6, 16), 1 / 16, dtype=torch.float64), rtol=0, atol=1e-7)
 
 
+def test_sinkhorn_without_host_checks_never_reads_the_device():
+    """check_every=0 (the default off the CPU) picks the stopping iteration on the device: it runs on
+    meta tensors, which have no values a host read could fetch."""
+    plan = sinkhorn(torch.empty(3, 5, 4, device="meta"))
+    assert plan.shape == (3, 5, 4) and plan.device.type == "meta"
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        sinkhorn(torch.empty(3, 5, 4, device="meta"), check_every=10)
+
+
 def test_sinkhorn_float32_and_2d_costs():
     cost = random_costs(0.5)
     plan32 = sinkhorn(cost.float(), tol=0.0, max_iter=40)  # the same iterations in both precisions
@@ -132,7 +141,7 @@ def test_sinkhorn_keeps_mass_where_it_costs_nothing():
     torch.testing.assert_close(sinkhorn(cost, tol=1e-9, max_iter=500), torch.eye(4) / 4, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs", [{"eps": 0.0}, {"max_iter": 0}, {"check_every": 0}])
+@pytest.mark.parametrize("kwargs", [{"eps": 0.0}, {"max_iter": 0}, {"check_every": -1}])
 def test_sinkhorn_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         sinkhorn(torch.rand(2, 3, 3), **kwargs)
@@ -143,6 +152,24 @@ def test_feature_cost_is_the_squared_distance_of_position_vectors():
     a, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 6, generator=g)
     brute = (a.unsqueeze(3) - b.unsqueeze(2)).square().sum(1)  # (B, N, M)
     torch.testing.assert_close(feature_cost(a, b), brute, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_cost_stays_float32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    a, b = 10 * torch.randn(2, 64, 4, generator=g), 10 * torch.randn(2, 64, 4, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cost = feature_cost(a, b)
+    assert cost.dtype == torch.float32
+    torch.testing.assert_close(cost, feature_cost(a, b))
+
+
+def test_aligned_step_under_bf16_autocast():
+    model = convnet()
+    x, y = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = mix_step(model, alignmix(align_prob=1.0, seed=0), x, y)
+    assert torch.isfinite(step.loss)
+    step.loss.backward()
 
 
 # ------------------------------------------------------------------------ aligned mix
@@ -347,7 +374,7 @@ def test_forward_without_the_model_explains_what_to_do():
 
 
 @pytest.mark.parametrize("kwargs", [{"align_prob": 1.5}, {"eps": 0.0}, {"max_iter": 0}, {"tol": -1.0},
-                                    {"check_every": 0}, {"alpha": -1.0}])
+                                    {"check_every": -1}, {"alpha": -1.0}])
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         alignmix(**kwargs)
