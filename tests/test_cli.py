@@ -149,15 +149,15 @@ def run_folder(*overrides: str) -> str:
 
 def test_run_folder_follows_every_defining_setting():
     base = run_folder("mixer=cutmix")
-    assert base.startswith("runs/fashion_mnist_quick/cutmix/e3_s0_a1_id")
+    assert base.startswith("runs/fashion_mnist_quick/cutmix/e5_s0_a1_id")
     defining = ["mixer.alpha=0.2", "mixer.mode=elem", "label_smoothing=0.1", "optim=adamw_cosine",
                 "optim.optimizer.lr=0.05", "optim.scheduler.min_lr=0.001", "model=cifar_resnet34",
-                "model.kwargs.stem_width=32", "batch_size=64", "trainer.precision=bf16-mixed",
+                "+model.kwargs.widths=[8,16,32]", "batch_size=64", "trainer.precision=bf16-mixed",
                 "+trainer.max_steps=100", "data.on_device=false", "epochs=4", "seed=1"]
     folders = [run_folder("mixer=cutmix", override) for override in defining]
     assert base not in folders and len(set(folders)) == len(folders)
     assert run_folder("mixer=cutmix", "mixer.alpha=0.2").endswith(folders[0].rsplit("/", 1)[1])
-    assert "/e3_s0_a0.2_id" in folders[0]
+    assert "/e5_s0_a0.2_id" in folders[0]
     same = ["data.root=/scratch", "data.num_workers=0", "data.download=true", "trainer.accelerator=cpu",
             "skip_done=false", "resume=false", "print_table=false", "mixer.alpha=1"]
     assert all(run_folder("mixer=cutmix", override) == base for override in same)

@@ -85,7 +85,7 @@ def test_available_models_lists_openmix_names_sorted():
 @torch.no_grad()
 def test_small_convnet_fits_fashion_mnist_and_splits_into_stages():
     model = create_model("small_convnet", num_classes=10, in_chans=1).eval()
-    assert sum(p.numel() for p in model.parameters()) == 79_426
+    assert sum(p.numel() for p in model.parameters()) == 45_274
     x = images(in_chans=1, size=28)
     stages = split_stages(model)
     assert len(stages) == 4 and run_stages(stages, x).shape == (2, 96, 7, 7)

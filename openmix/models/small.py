@@ -45,7 +45,7 @@ class SmallConvNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (24, 48, 96), drop_rate: float = 0.0
+        self, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (16, 32, 96), drop_rate: float = 0.0
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -80,5 +80,5 @@ class SmallConvNet(nn.Module):
 
 
 def small_convnet(num_classes: int = 10, in_chans: int = 1, **kwargs) -> SmallConvNet:
-    """:class:`SmallConvNet` with the default widths (24, 48, 96): 79k parameters for 10 classes and 1 input channel."""
+    """:class:`SmallConvNet` with the default widths (16, 32, 96): 45k parameters for 10 classes and 1 input channel."""
     return SmallConvNet(num_classes, in_chans, **kwargs)
