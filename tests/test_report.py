@@ -301,3 +301,9 @@ def test_imagenet_table_has_no_unsourced_gridmix_row_and_names_its_metric():
 
 def test_fashion_mnist_table_is_marked_second_hand():
     assert all("second-hand" in row.note for row in load_published("fashion_mnist_r18").rows)
+
+
+def test_median_of_the_last_5_epochs_is_a_metric(capsys, tmp_path):
+    write_result(tmp_path / "r", {**example_row(mixer="mixup", alpha=0.2, epochs=100), "top1_median5": 77.5})
+    code, out, _ = report(capsys, tmp_path, "--metric", "top1_median5")
+    assert code == 0 and cells(out, "mixup")[2] == "77.50"

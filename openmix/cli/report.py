@@ -46,7 +46,7 @@ __all__ = [
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "published"  # shipped inside the package
 COLUMN_KEYS = ("epochs", "data", "model")
-METRICS = ("top1_median10", "top1_final", "top1_best", "top5_final", "wall_time_s", "images_per_s")
+METRICS = ("top1_median10", "top1_median5", "top1_final", "top1_best", "top5_final", "wall_time_s", "images_per_s")
 _GROUP_KEYS = ("data", "model", "epochs")
 MEDIAN_EPOCHS = 10  # top1_median10 is the median of the last 10 epochs
 
