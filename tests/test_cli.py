@@ -267,12 +267,13 @@ def test_missing_dataset_is_one_clear_error_and_no_run_folder(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
-def test_saliency_mixer_gets_the_data_normalisation_unless_set():
-    from openmix.cli.train import with_data_normalisation
+def test_saliency_mixer_gets_the_data_settings_unless_set():
+    from openmix.cli.train import with_data_settings
     from openmix.data import build_datamodule
 
-    data = build_datamodule("synthetic", in_chans=1)
-    assert with_data_normalisation({"name": "puzzlemix", "mean": None, "std": None}, data) == {
-        "name": "puzzlemix", "mean": [0.5], "std": [0.25]}
-    assert with_data_normalisation({"name": "puzzlemix", "mean": [0.1], "std": None}, data)["mean"] == [0.1]
-    assert with_data_normalisation({"name": "mixup", "alpha": 1.0}, data) == {"name": "mixup", "alpha": 1.0}
+    data = build_datamodule("synthetic", in_chans=1, image_size=28)
+    assert with_data_settings({"name": "puzzlemix", "mean": None, "std": None, "block_nums": None}, data) == {
+        "name": "puzzlemix", "mean": [0.5], "std": [0.25], "block_nums": [2, 4]}
+    given = with_data_settings({"name": "puzzlemix", "mean": [0.1], "std": None, "block_nums": [7]}, data)
+    assert given["mean"] == [0.1] and given["block_nums"] == [7]
+    assert with_data_settings({"name": "mixup", "alpha": 1.0}, data) == {"name": "mixup", "alpha": 1.0}

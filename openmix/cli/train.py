@@ -98,9 +98,13 @@ def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.get("kwargs") else {}
 
 
-def with_data_normalisation(mixer_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
-    """``mixer_cfg`` with ``mean``/``std`` taken from the data where the mixer takes them and the config
-    leaves them unset (``null``): PuzzleMix's data term and adversarial step work in pixel space."""
+def with_data_settings(mixer_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """``mixer_cfg`` completed from the data where the mixer takes a setting the config leaves unset (``null``).
+
+    ``mean``/``std``: the data's normalisation (PuzzleMix's data term and adversarial step work
+    in pixel space). ``block_nums``: the mixer's default grid sides that divide the image side
+    (PuzzleMix on 28x28 Fashion-MNIST: ``[2, 4]`` of the official ``{2, 4, 8, 16}``).
+    """
     import inspect
 
     import openmix
@@ -113,6 +117,9 @@ def with_data_normalisation(mixer_cfg: dict[str, Any], datamodule: Any) -> dict[
     for key in ("mean", "std"):
         if key in accepted and filled.get(key) is None:
             filled[key] = list(getattr(datamodule, key))
+    if "block_nums" in accepted and filled.get("block_nums") is None:
+        default = accepted["block_nums"].default
+        filled["block_nums"] = [g for g in default if datamodule.image_size % g == 0] or list(default)
     return filled
 
 
@@ -178,7 +185,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     datamodule = _datamodule(cfg)
     if not cfg.data.get("download", False):
         datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
-    mixer_cfg = with_data_normalisation(OmegaConf.to_container(cfg.mixer, resolve=True), datamodule)
+    mixer_cfg = with_data_settings(OmegaConf.to_container(cfg.mixer, resolve=True), datamodule)
     module = MixupClassifier(
         model=cfg.model.name,
         model_kwargs=_model_kwargs(cfg),
