@@ -177,6 +177,20 @@ class Mixer(nn.Module):
         """
         raise NotImplementedError
 
+    def needs_model(self, what: str) -> TypeError:
+        """The error ``forward`` of a model-aware mixer raises: it mixes ``what`` of the model."""
+        return TypeError(
+            f"{type(self).__name__} mixes {what}, so it needs the model: train with "
+            "openmix.training.mix_step(model, mixer, x, y) (it calls mixer.training_step) or "
+            "openmix.lightning.MixupClassifier"
+        )
+
+    def begin_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Params]:
+        """The start of a model-aware ``training_step``: check ``x``, soft targets ``(B, C)``, this call's draws."""
+        self.check_inputs(x)
+        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
+        return soft, self.sample_params(x)
+
     def check_inputs(self, x: Tensor) -> None:
         """Raise ``TypeError``/``ValueError`` unless ``x`` is a non-empty float batch this mixer accepts."""
         if not isinstance(x, Tensor):

@@ -43,7 +43,7 @@ from openmix.mixers.manifoldmix import mix_hidden
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.sampling import host_coin
-from openmix.targets import mix_targets, soft_targets
+from openmix.targets import mix_targets
 
 if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
     from openmix.training import StepResult
@@ -296,11 +296,7 @@ class AlignMix(Mixer):
     # ------------------------------------------------------------------ calls
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         """Not available: AlignMix aligns the model's feature maps, so it needs the model."""
-        raise TypeError(
-            "AlignMix mixes the model's feature maps, so it needs the model: train with "
-            "openmix.training.mix_step(model, mixer, x, y) (it calls mixer.training_step) or "
-            "openmix.lightning.MixupClassifier"
-        )
+        raise self.needs_model("the model's feature maps")
 
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
         """One step: input mixup or aligned feature mixup (a coin per step), loss on the logits.
@@ -309,10 +305,8 @@ class AlignMix(Mixer):
         """
         from openmix.training import StepResult
 
-        self.check_inputs(x)
-        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
         self.check_model(model)
-        params = self.sample_params(x)
+        soft, params = self.begin_step(x, y)
         if params.get("identity", False):
             logits = model(x)
             return StepResult(criterion(logits, soft), logits, MixOutput.identity(x, soft))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.output import MixOutput
 from openmix.registry import register
-from openmix.targets import mix_targets, soft_targets
+from openmix.targets import mix_targets
 
 if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
     from openmix.training import StepResult
@@ -160,11 +160,7 @@ class ManifoldMix(Mixer):
     # ------------------------------------------------------------------ calls
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         """Not available: Manifold Mixup mixes hidden states, so it needs the model."""
-        raise TypeError(
-            "ManifoldMix mixes hidden features, so it needs the model: train with "
-            "openmix.training.mix_step(model, mixer, x, y) (it calls mixer.training_step) or "
-            "openmix.lightning.MixupClassifier"
-        )
+        raise self.needs_model("hidden features")
 
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
         """One step: draw layer, ``lam`` and partners, mix at that layer, loss on the logits.
@@ -173,11 +169,9 @@ class ManifoldMix(Mixer):
         """
         from openmix.training import StepResult
 
-        self.check_inputs(x)
-        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
         stages = feature_stages(model, type(self).__name__)
         self.check_layers(len(stages), model)
-        params = self.sample_params(x)
+        soft, params = self.begin_step(x, y)
         if params.get("identity", False):
             logits = model(x)
             return StepResult(self._loss(criterion, logits, soft), logits, MixOutput.identity(x, soft))
