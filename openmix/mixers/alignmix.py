@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from openmix.checks import check_number
+from openmix.checks import check_int, check_number
 from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.mixers.manifoldmix import mix_hidden
 from openmix.output import MixOutput
@@ -55,6 +55,17 @@ _MARGINAL_EPS = 1e-8  # inside the log of the official marginals
 
 # ============================================================================ transport
 @torch.no_grad()
+def check_sinkhorn_settings(eps: float, max_iter: int, tol: float, check_every: int | None) -> None:
+    """``ValueError`` naming the first Sinkhorn setting out of range (see :func:`sinkhorn`)."""
+    check_number("eps", eps, low=0.0)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    check_number("tol", tol, low=0.0)
+    check_int("max_iter", max_iter, 1)
+    if check_every is not None:
+        check_int("check_every", check_every, 0)
+
+
 def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0.1, *,
              check_every: int | None = None) -> Tensor:
     """Entropic optimal transport plans between uniform marginals, batched, in the log domain.
@@ -107,13 +118,7 @@ def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0
         tensor([[0.5000, 0.0000],
                 [0.0000, 0.5000]])
     """
-    check_number("eps", eps, low=0.0)
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0):
-        raise ValueError(f"check_every must be None or an integer >= 0, got {check_every!r}")
+    check_sinkhorn_settings(eps, max_iter, tol, check_every)
     if not isinstance(cost, Tensor) or cost.ndim not in (2, 3):
         raise ValueError(f"cost must be a (B, N, M) or (N, M) tensor, got {getattr(cost, 'shape', type(cost).__name__)}")
     single = cost.ndim == 2
@@ -282,14 +287,7 @@ class AlignMix(Mixer):
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
         check_number("align_prob", align_prob, low=0.0, high=1.0)
-        check_number("eps", eps, low=0.0)
-        check_number("tol", tol, low=0.0)
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0):
-            raise ValueError(f"check_every must be None or an integer >= 0, got {check_every!r}")
+        check_sinkhorn_settings(eps, max_iter, tol, check_every)
         self.align_prob = float(align_prob)
         self.eps, self.max_iter, self.tol, self.check_every = float(eps), max_iter, float(tol), check_every
 
