@@ -12,3 +12,24 @@ def images(batch: int = 6, channels: int = 3, size: int = 16, dtype: torch.dtype
     """A batch whose samples differ everywhere, so any mix is visible."""
     x = torch.rand(batch, channels, size, size) + torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1)
     return x.to(dtype)
+
+
+def assert_steps_train_every_parameter(model: torch.nn.Module, mixer: openmix.Mixer, x: torch.Tensor,
+                                       y: torch.Tensor, steps: int = 3) -> None:
+    """A few ``mix_step`` SGD steps: the loss stays finite, every parameter gets a gradient and changes."""
+    import copy
+
+    from openmix.training import mix_step
+
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        step = mix_step(model, mixer, x, y)
+        assert torch.isfinite(step.loss)
+        opt.zero_grad()
+        step.loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    after = model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k, _ in model.named_parameters())

@@ -18,6 +18,7 @@ from openmix.lightning import MixupClassifier
 from openmix.losses import soft_cross_entropy
 from openmix.mixers.alignmix import align_mix, feature_cost, sinkhorn
 from openmix.models import create_model
+from helpers import assert_steps_train_every_parameter
 from openmix.training import mix_step
 
 NUM_CLASSES = 10
@@ -259,21 +260,7 @@ def test_branch_and_direction_are_fair_coins():
 
 @pytest.mark.parametrize("align_prob", [0.5, 1.0])
 def test_mix_step_trains_and_reaches_every_parameter(align_prob):
-    model = convnet()
-    before = copy.deepcopy(model.state_dict())
-    mixer = alignmix(align_prob=align_prob, seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = batch()
-    for _ in range(3):
-        step = mix_step(model, mixer, x, y)
-        assert torch.isfinite(step.loss)
-        opt.zero_grad()
-        step.loss.backward()
-        for name, p in model.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        opt.step()
-    after = model.state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k, _ in model.named_parameters())
+    assert_steps_train_every_parameter(convnet(), alignmix(align_prob=align_prob, seed=0), *batch())
 
 
 @pytest.mark.parametrize("direction", [0, 1])

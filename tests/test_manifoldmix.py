@@ -17,6 +17,7 @@ from openmix.lightning import MixupClassifier
 from openmix.losses import soft_cross_entropy
 from openmix.mixers.manifoldmix import feature_stages, softmax_bce
 from openmix.models import create_model, split_stages
+from helpers import assert_steps_train_every_parameter
 from openmix.training import mix_step
 
 NUM_CLASSES = 10
@@ -69,21 +70,7 @@ def run_mixed_by_hand(model: nn.Module, x: torch.Tensor, layer: int, lam: torch.
 # ------------------------------------------------------------------------ training
 @pytest.mark.parametrize("layers", [(0, 1, 2), (3,)])
 def test_mix_step_trains_and_reaches_every_parameter(layers):
-    model = convnet()
-    before = copy.deepcopy(model.state_dict())
-    mixer = manifoldmix(layers=layers, seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = batch()
-    for _ in range(3):
-        step = mix_step(model, mixer, x, y)
-        assert torch.isfinite(step.loss)
-        opt.zero_grad()
-        step.loss.backward()
-        for name, p in model.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        opt.step()
-    after = model.state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k, _ in model.named_parameters())
+    assert_steps_train_every_parameter(convnet(), manifoldmix(layers=layers, seed=0), *batch())
 
 
 def test_lightning_classifier_trains_with_manifoldmix():
