@@ -33,3 +33,16 @@ def assert_steps_train_every_parameter(model: torch.nn.Module, mixer: openmix.Mi
         opt.step()
     after = model.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k, _ in model.named_parameters())
+
+
+def tiny_convnet(num_classes: int = 10) -> torch.nn.Module:
+    """``small_convnet`` 8 channels wide for 1-channel images: stem + 3 stages, so feature layers 0..3."""
+    from openmix.models import create_model
+
+    return create_model("small_convnet", num_classes=num_classes, in_chans=1, widths=(8, 8, 8))
+
+
+def seeded_batch(channels: int = 1, size: int = 16, n: int = 8, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same ``(x, y)`` on every call: normal images ``(n, channels, size, size)`` and cycling labels."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, channels, size, size, generator=g), torch.arange(n) % num_classes

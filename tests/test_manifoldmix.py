@@ -17,34 +17,16 @@ from openmix.lightning import MixupClassifier
 from openmix.losses import soft_cross_entropy
 from openmix.mixers.manifoldmix import feature_stages, softmax_bce
 from openmix.models import create_model, split_stages
-from helpers import assert_steps_train_every_parameter
+from helpers import assert_steps_train_every_parameter, seeded_batch as batch, tiny_convnet as convnet
 from openmix.training import mix_step
 
-NUM_CLASSES = 10
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: one torch thread avoids OpenMP stalls on tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def convnet() -> nn.Module:
-    """small_convnet: stem + 3 stages, so layers 0..3."""
-    return create_model("small_convnet", num_classes=NUM_CLASSES, in_chans=1, widths=(8, 8, 8))
+NUM_CLASSES = 10  # as helpers.tiny_convnet and helpers.seeded_batch
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def resnet() -> nn.Module:
     """A narrow CIFAR ResNet-18: stem + 4 stages, so layers 0..4."""
     return create_model("cifar_resnet18", num_classes=NUM_CLASSES, channels=[8, 8, 8, 8], stem_width=8)
-
-
-def batch(channels: int = 1, size: int = 16, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, channels, size, size, generator=g), torch.arange(n) % NUM_CLASSES
 
 
 def manifoldmix(**kwargs) -> openmix.Mixer:

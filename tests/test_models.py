@@ -69,13 +69,7 @@ def run_stages(stages, x: torch.Tensor) -> torch.Tensor:
     return functools.reduce(lambda h, stage: stage(h), stages, x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Convolutions on a shared 2-core runner: one intra-op thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # convolutions on a shared 2-core runner
 
 
 def test_available_models_lists_openmix_names_sorted():
