@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from openmix.checks import check_int, check_number
 from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.mixers.manifoldmix import mix_hidden
+from openmix.models.stages import wrapped_model_hint
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.sampling import host_coin
@@ -343,8 +344,7 @@ class AlignMix(Mixer):
         """Raise ``TypeError`` unless ``model`` has ``forward_features`` and ``forward_head``."""
         missing = [name for name in ("forward_features", "forward_head") if not callable(getattr(model, name, None))]
         if missing:
-            wrapped = " (for a wrapped model, DistributedDataParallel or torch.compile, run the step on the module inside)" \
-                if hasattr(model, "module") or hasattr(model, "_orig_mod") else ""
+            wrapped = wrapped_model_hint(model)
             raise TypeError(
                 f"AlignMix mixes the last feature map, so it needs a model with forward_features (returning "
                 f"(B, C, H, W)) and forward_head, as openmix's models and timm's CNNs have; got "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixer import Draws, Mixer, Params, gather_partner
+from openmix.models.stages import wrapped_model_hint
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.targets import mix_targets
@@ -58,8 +59,7 @@ def feature_stages(model: nn.Module, mixer: str = "a feature mixer") -> list[nn.
             return split_stages(model)
         except TypeError as err:
             reason = str(err)
-    wrapped = " (for a wrapped model, DistributedDataParallel or torch.compile, run the step on the module inside)" \
-        if hasattr(model, "module") or hasattr(model, "_orig_mod") else ""
+    wrapped = wrapped_model_hint(model)
     raise TypeError(
         f"{mixer} mixes hidden features, so it runs the model stage by stage: it needs a model with "
         f"forward_features/forward_head whose layout openmix.models.split_stages knows; got {type(model).__name__}: "
