@@ -37,10 +37,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from openmix.checks import check_int, check_number
+from openmix.checks import check_int, check_number, wrapped_model_hint
 from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.mixers.manifoldmix import mix_hidden
-from openmix.models.stages import wrapped_model_hint
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.sampling import host_coin

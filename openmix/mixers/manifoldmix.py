@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from openmix.checks import wrapped_model_hint
 from openmix.mixer import Draws, Mixer, Params, gather_partner
-from openmix.models.stages import wrapped_model_hint
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.targets import mix_targets

@@ -15,7 +15,7 @@ from openmix.models.preact_resnet import PreActResNet
 from openmix.models.resnet import resnet_stages
 from openmix.models.small import SmallConvNet
 
-__all__ = ["split_stages", "wrapped_model_hint"]
+__all__ = ["split_stages"]
 
 # timm families whose forward_features is stem -> stages -> tail: (class, tail attributes).
 _STEM_STAGES_TAIL: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
@@ -77,9 +77,3 @@ def split_stages(model: nn.Module) -> list[nn.Module]:
         stages[-1] = nn.Sequential(stages[-1], *tail)
     return [model.stem, *stages]
 
-
-def wrapped_model_hint(model: nn.Module) -> str:
-    """An error-message hint for a model wrapped by DDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    if hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        return " (for a wrapped model, DistributedDataParallel or torch.compile, run the step on the module inside)"
-    return ""
