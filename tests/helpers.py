@@ -46,3 +46,25 @@ def seeded_batch(channels: int = 1, size: int = 16, n: int = 8, num_classes: int
     """The same ``(x, y)`` on every call: normal images ``(n, channels, size, size)`` and cycling labels."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, channels, size, size, generator=g), torch.arange(n) % num_classes
+
+
+def assert_lightning_trains(mixer: dict, steps: int = 3):
+    """``MixupClassifier(tiny_convnet(), mixer=...)`` for ``steps`` Lightning steps on CPU: the loss is
+    finite and the classifier's weights change. Returns the module."""
+    import copy
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from openmix.lightning import MixupClassifier
+
+    x, y = seeded_batch(n=24)
+    module = MixupClassifier(tiny_convnet(), num_classes=10, mixer=mixer, mix_seed=0)
+    before = copy.deepcopy(module.model.state_dict())
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
+    assert trainer.global_step == steps
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert not torch.equal(before["fc.weight"], module.model.state_dict()["fc.weight"])
+    return module

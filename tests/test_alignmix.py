@@ -7,17 +7,16 @@ import collections
 import copy
 import math
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import openmix
-from openmix.lightning import MixupClassifier
 from openmix.losses import soft_cross_entropy
 from openmix.mixers.alignmix import align_mix, feature_cost, sinkhorn
-from helpers import assert_steps_train_every_parameter, seeded_batch as batch, tiny_convnet as convnet
+from helpers import assert_lightning_trains, assert_steps_train_every_parameter
+from helpers import seeded_batch as batch
+from helpers import tiny_convnet as convnet
 from openmix.training import mix_step
 
 NUM_CLASSES = 10  # as helpers.tiny_convnet and helpers.seeded_batch
@@ -262,15 +261,7 @@ def test_gradients_flow_through_both_feature_maps_and_not_the_plan(direction):
 
 
 def test_lightning_classifier_trains_with_alignmix():
-    x, y = batch(n=24)
-    module = MixupClassifier(convnet(), num_classes=NUM_CLASSES, mixer={"name": "alignmix"}, mix_seed=0)
-    before = copy.deepcopy(module.model.state_dict())
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
-    assert trainer.global_step == 3
-    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
-    assert not torch.equal(before["fc.weight"], module.model.state_dict()["fc.weight"])
+    assert_lightning_trains({"name": "alignmix"})
 
 
 def test_openmix_train_runs_alignmix(tmp_path):
