@@ -28,6 +28,9 @@ class MixOutput:
         index: partner of each sample, int64 ``(B,)``.
         mask: per-position weight of the original, ``(B, 1, *spatial)``, for mixers that
             have one (cut and mask mixers), else ``None``.
+        sources: for mixers of more than two samples (AdAutoMix), ``(indices, weights)``, each
+            ``(B, K)``: every sample mixed into ``x_mixed[i]`` (itself first) and its weight in
+            the targets; ``index`` is then the first partner. ``None`` for two samples.
 
     Example:
         >>> out = MixOutput.identity(torch.zeros(2, 3, 4, 4), torch.eye(2))
@@ -40,6 +43,7 @@ class MixOutput:
     lam: Tensor
     index: Tensor
     mask: Tensor | None = None
+    sources: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def identity(cls, x: Tensor, y: Tensor) -> "MixOutput":

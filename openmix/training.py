@@ -15,7 +15,7 @@ Example (a plain PyTorch loop):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -39,11 +39,14 @@ class StepResult:
         loss: scalar loss to backpropagate (including any auxiliary loss of the mixer).
         logits: ``(B, num_classes)`` predictions on the mixed batch.
         mix: the mixer's :class:`~openmix.output.MixOutput` (``None`` without a mixer).
+        aux: the terms of ``loss``, detached, by name, for mixers whose loss has several (the
+            learned mixers: ``online_mix``, ``block_mix``, ...); empty otherwise.
     """
 
     loss: Tensor
     logits: Tensor
     mix: MixOutput | None
+    aux: dict[str, Tensor] = field(default_factory=dict)
 
 
 def mix_step(
@@ -94,6 +97,9 @@ def mixed_accuracy(logits: Tensor, y: Tensor, mix: MixOutput | None) -> Tensor:
     hit = (pred == labels).float()
     if mix is None:
         return hit.mean()
+    if mix.sources is not None:  # more than two samples per mixed sample
+        indices, weights = mix.sources
+        return ((pred[:, None] == labels[indices]).float() * weights).sum(1).mean()
     hit_partner = (pred == labels[mix.index]).float()
     return (mix.lam * hit + (1.0 - mix.lam) * hit_partner).mean()
 

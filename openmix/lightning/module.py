@@ -46,7 +46,13 @@ class MixupClassifier(L.LightningModule):
     ``label_smoothing`` (when not 0) and ``mix_seed`` (when given) that disagree with them are a
     ``ValueError``, not silently ignored.
 
-    Logs ``train/loss``, ``train/top1`` (lam-weighted), ``val/loss``, ``val/top1``,
+    A learned mixer (AutoMix, SAMix, AdAutoMix) is attached to the model here (its EMA teacher
+    and Mix Block are built and checked against the model), its Mix Block's parameters join the
+    optimizer as their own group (``lr`` from the mixer's settings, else the optimizer's; the
+    schedule scales both), and ``total_steps`` for its momentum schedule comes from the trainer.
+
+    Logs ``train/loss``, ``train/top1`` (lam-weighted), the terms of a learned mixer's loss
+    (``train/online_mix``, ``train/block_mix``, ...), ``val/loss``, ``val/top1``,
     ``val/top5`` and ``val/top1_median10`` (median top-1 of the last 10 epochs, the
     metric OpenMixup publishes). ``val_top1_history`` holds one top-1 per trained epoch: the
     epoch's last validation during ``fit`` (several per epoch with ``val_check_interval < 1``);
@@ -90,6 +96,8 @@ class MixupClassifier(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.mixer is not None and self.mixer.kind == "learned":
+            self.mixer.attach(self.model)  # its EMA teacher and Mix Block: checked against the model now
         self.val_top1_history: list[float] = []  # one per epoch
         self._history_epoch = 0  # the epoch (1-based) of the last entry of val_top1_history
         self.epoch_summary: dict[str, Any] = {}  # the last validated epoch, for EpochMetricsCSV
@@ -107,6 +115,8 @@ class MixupClassifier(L.LightningModule):
         self.log("train/loss", step.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("train/top1", 100.0 * mixed_accuracy(step.logits, y, step.mix), on_step=False, on_epoch=True,
                  batch_size=x.shape[0])
+        for name, value in step.aux.items():  # a learned mixer's loss terms
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=x.shape[0])
         self._train_sums[0] += step.loss.detach() * x.shape[0]
         self._train_sums[1] += x.shape[0]
         return step.loss
@@ -169,7 +179,13 @@ class MixupClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = dict(self.optimizer_cfg)
         name, lr, wd = cfg.pop("name"), float(cfg.pop("lr")), float(cfg.pop("weight_decay", 0.0))
-        params = self.model.parameters()
+        params: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        if self.mixer is not None and self.mixer.kind == "learned":
+            params += self.mixer.param_groups()  # the Mix Block, with its own lr when set
+            # the teacher's momentum schedule counts training steps (micro-batches under accumulation)
+            total = self.trainer.estimated_stepping_batches
+            if math.isfinite(total):
+                self.mixer.total_steps = int(total) * self.trainer.accumulate_grad_batches
         if name == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd,
                                   nesterov=bool(cfg.get("nesterov", False)))

@@ -1,0 +1,453 @@
+"""AutoMix (Liu et al., ECCV 2022; arXiv 2103.13027): mixing masks learned online by a Mix Block.
+
+One training step (:meth:`AutoMix.training_step`), as OpenMixup's ``AutoMixup`` does it
+(checked against the code; see ``shared/reference/dynamic.md`` §3):
+
+1. **EMA teacher.** The mixer holds a frozen copy of the model whose weights follow the
+   model by an exponential moving average: momentum ``0.999`` for the first 10% of the
+   steps, then a cosine to ``0.999999`` (:func:`ema_momentum`). The teacher is updated at the
+   start of each step from the weights the last optimizer step produced, which is the
+   official "after every iteration" update, one step later (step 0 copies the model).
+2. **Two draws per step:** ``(lam_b, index_b)`` for the Mix Block's batch and
+   ``(lam_o, index_o)`` for the online batch, ``lam ~ Beta(alpha, alpha)``.
+3. **Masks.** The teacher's stage-3 features of the clean batch (``split_stages(model)[3]``:
+   layer3 of a ResNet, 8x8 on CIFAR) go into the :class:`~openmix.mixers.mix_block.MixBlock`,
+   which gives per-pixel masks for each pair, upsampled to the image.
+4. **Mix Block loss:** mixup cross-entropy of the *teacher* on the Mix Block's mixed batch
+   (gradients reach only the Mix Block, through the image), plus the mask loss
+   ``0.1 * max(|mean(own mask) - lam_b| - 0.1, 0)`` over the whole batch.
+5. **Online loss:** the model on the online batch, mixed with the Mix Block's masks for
+   ``(lam_o, index_o)`` *detached* (plain mixup when ``lam_o`` is within ``0.08`` of 0 or 1),
+   against ``lam_o * y + (1 - lam_o) * y[index_o]``, plus the clean-batch loss (weight 1).
+
+The step's loss is the sum; the labels use the sampled ``lam``, not the mask mean. Only the
+model is used at test time.
+
+**Differences from OpenMixup, on purpose.** The official model has two linear heads per
+encoder (one for mixed, one for clean samples); openmix trains the model's own head with
+both losses, so any classifier works unchanged and inference is the model alone. The Mix
+Block's features come from the teacher's first three stages only (the official code runs the
+whole teacher and keeps stage 3), which gives the same features for less work.
+
+Use it like the other model-aware mixers, plus two lines: :meth:`AutoMix.attach` the model
+(builds the teacher and the Mix Block) and put :meth:`AutoMix.param_groups` in the optimizer.
+:class:`~openmix.lightning.MixupClassifier` does both, sets ``total_steps`` and logs the losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from openmix.checks import check_int, check_number
+from openmix.losses import decoupled_mixup_loss
+from openmix.mixer import Draws, Mixer, Params, gather_partner
+from openmix.mixers.manifoldmix import feature_stages
+from openmix.mixers.mix_block import MixBlock
+from openmix.output import MixOutput
+from openmix.registry import register
+from openmix.sampling import host_beta, partner_index
+
+if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
+    from openmix.training import StepResult
+
+__all__ = ["AutoMix", "ema_momentum", "mix_sources", "mix_source_targets", "constant_masks"]
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+
+def ema_momentum(step: int, total_steps: int | None, base: float = 0.999, end: float = 0.999999, hold: float = 0.1) -> float:
+    """The teacher's EMA momentum after optimizer step ``step`` (0-based) of ``total_steps``.
+
+    ``base`` for the first ``hold`` fraction of the run, then
+    ``end - (end - base) * (cos(pi * step / total_steps) + 1) / 2`` (OpenMixup's
+    ``CosineScheduleHook`` with ``adjust_scope=[0.1, 1]``, ``warming_up="constant"``).
+    Without ``total_steps`` the momentum stays ``base``.
+
+    Example:
+        >>> ema_momentum(0, 1000), ema_momentum(99, 1000)
+        (0.999, 0.999)
+        >>> round(ema_momentum(500, 1000), 7), ema_momentum(1000, 1000)
+        (0.9994995, 0.999999)
+    """
+    if total_steps is None or step < hold * total_steps:
+        return base
+    progress = min(step / max(total_steps, 1), 1.0)
+    return end - (end - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def mix_sources(x: Tensor, indices: Tensor, masks: Tensor) -> Tensor:
+    """``Σ_k masks[:, k] * x[indices[k]]``: each sample mixed from ``K`` samples of the batch.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        indices: ``(K, B)``; row 0 is usually ``arange(B)`` (the sample itself).
+        masks: ``(B, K, H, W)`` (learned masks, gradients flow) or ``(B, K, 1, 1)`` (constant shares).
+
+    Example:
+        >>> x = torch.tensor([[[[1.0]]], [[[3.0]]]])
+        >>> indices = torch.tensor([[0, 1], [1, 0]])
+        >>> mix_sources(x, indices, torch.full((2, 2, 1, 1), 0.5)).flatten()
+        tensor([2., 2.])
+    """
+    masks = masks.to(x.dtype)
+    mixed = x * masks[:, :1]
+    for k in range(1, indices.shape[0]):  # K sources (2 or 3), not the batch
+        mixed = mixed + gather_partner(x, indices[k]) * masks[:, k : k + 1]
+    return mixed
+
+
+def mix_source_targets(soft: Tensor, indices: Tensor, shares: list[float]) -> Tensor:
+    """``Σ_k shares[k] * soft[indices[k]]``: the targets of samples mixed from ``K`` with constant shares.
+
+    Example:
+        >>> mix_source_targets(torch.eye(2), torch.tensor([[0, 1], [1, 0]]), [0.75, 0.25])
+        tensor([[0.7500, 0.2500],
+                [0.2500, 0.7500]])
+    """
+    target = soft * shares[0]
+    for k in range(1, indices.shape[0]):
+        target = target + soft[indices[k]] * shares[k]
+    return target
+
+
+def constant_masks(x: Tensor, shares: list[float]) -> Tensor:
+    """Masks ``(B, K, 1, 1)`` of constant ``shares`` (linear mixup) for :func:`mix_sources`.
+
+    Example:
+        >>> constant_masks(torch.zeros(2, 3, 4, 4), [0.75, 0.25]).flatten(1)
+        tensor([[0.7500, 0.2500],
+                [0.7500, 0.2500]])
+    """
+    return torch.stack([x.new_full((x.shape[0], 1, 1), share) for share in shares], dim=1)
+
+
+@register("automix")
+class AutoMix(Mixer):
+    """AutoMix: a Mix Block learns the masks online, through an EMA teacher (needs the model).
+
+    Args:
+        alpha: ``lam ~ Beta(alpha, alpha)`` (published: 2.0).
+        num_classes: needed for class-id labels.
+        feature_stage: the Mix Block reads the output of ``split_stages(model)[feature_stage]``
+            (3: layer3 of a ResNet).
+        in_channels: the channels the Mix Block expects; ``None``: read from the model by
+            :meth:`attach`. Given, a model whose stage has other channels is refused at attach.
+        mixed_samples, attention, qk, reduction, value_hidden, lam_scaling, lam_channel, upsample:
+            the Mix Block's configuration (:class:`~openmix.mixers.mix_block.MixBlock`, where
+            ``mixed_samples`` is ``sources``); AutoMix's CIFAR defaults: 2 samples, pair
+            attention, shared q/k, 1x1 value, no lambda input, nearest upsampling.
+        mask_loss: weight of the mask loss (0.1).
+        mask_margin: the mask loss is 0 while ``|mean(own mask) - lam| <= mask_margin`` (0.1).
+        mask_variance: subtract ``mask_variance * Var(mask)`` inside the mask loss (SAMix: 2).
+        eta: weight of the decoupled (DM) term in the Mix Block's loss,
+            :func:`~openmix.losses.decoupled_mixup_loss`; 0: the ``criterion`` alone.
+        lam_margin: the online batch is plain mixup (constant masks) when the sample's own share
+            ``lam_o <= lam_margin`` or ``>= 1 - lam_margin`` (0.08).
+        clean_weight: weight of the clean-batch loss of the model (1).
+        momentum: the teacher's EMA momentum at the start (0.999); ``1`` freezes the teacher.
+        end_momentum: the momentum at the end of the cosine (0.999999).
+        momentum_hold: fraction of the run at ``momentum`` before the cosine (0.1).
+        total_steps: training steps of the run, for the momentum schedule (MixupClassifier
+            sets it); ``None`` keeps ``momentum``.
+        lr: learning rate of the Mix Block's parameter group; ``None``: the optimizer's.
+        **kwargs: ``pairing``, ``label_smoothing``, ``seed``, ``same_on_all_ranks`` as for every
+            mixer; ``mode`` must be ``"batch"`` and ``prob`` 1 (one ``lam`` per batch, as published).
+
+    Example:
+        >>> import torch, openmix
+        >>> from openmix.models import create_model
+        >>> from openmix.training import mix_step
+        >>> model = create_model("small_convnet", num_classes=10, in_chans=1, widths=(8, 8, 8))
+        >>> mixer = openmix.build("automix", num_classes=10, seed=0).attach(model)
+        >>> opt = torch.optim.SGD([{"params": model.parameters()}, *mixer.param_groups()], lr=0.1)
+        >>> step = mix_step(model, mixer, torch.rand(4, 1, 16, 16), torch.arange(4))
+        >>> step.loss.backward(); opt.step(); opt.zero_grad()
+        >>> sorted(step.aux)
+        ['block_mask', 'block_mix', 'online_clean', 'online_mix']
+    """
+
+    kind = "learned"
+    spatial_dims = (2,)
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        num_classes: int | None = None,
+        *,
+        feature_stage: int = 3,
+        in_channels: int | None = None,
+        mixed_samples: int = 2,
+        attention: str = "pair",
+        qk: str = "shared",
+        reduction: int = 2,
+        value_hidden: int = 0,
+        lam_scaling: float | None = None,
+        lam_channel: bool = False,
+        upsample: str = "nearest",
+        mask_loss: float = 0.1,
+        mask_margin: float = 0.1,
+        mask_variance: float = 0.0,
+        eta: float = 0.0,
+        lam_margin: float = 0.08,
+        clean_weight: float = 1.0,
+        momentum: float = 0.999,
+        end_momentum: float = 0.999999,
+        momentum_hold: float = 0.1,
+        total_steps: int | None = None,
+        lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha, num_classes, **kwargs)
+        if self.mode != "batch" or self.prob != 1.0:
+            raise ValueError(
+                f"{type(self).__name__} draws one lam per batch and mixes every step: mode must be 'batch' and "
+                f"prob 1, got mode={self.mode!r}, prob={self.prob}"
+            )
+        self.feature_stage = check_int("feature_stage", feature_stage, 1)
+        self.in_channels = None if in_channels is None else check_int("in_channels", in_channels, 1)
+        self.mixed_samples = check_int("mixed_samples", mixed_samples, 2)
+        self.block_settings = {
+            "sources": self.mixed_samples,
+            "attention": attention,
+            "qk": qk,
+            "reduction": reduction,
+            "value_hidden": value_hidden,
+            "lam_scaling": lam_scaling,
+            "lam_channel": lam_channel,
+            "upsample": upsample,
+        }
+        MixBlock(8, **self.block_settings)  # checks the settings now, not at attach
+        self.mask_loss = check_number("mask_loss", mask_loss, low=0.0)
+        self.mask_margin = check_number("mask_margin", mask_margin, low=0.0, high=1.0)
+        self.mask_variance = check_number("mask_variance", mask_variance, low=0.0)
+        self.eta = check_number("eta", eta, low=0.0)
+        self.lam_margin = check_number("lam_margin", lam_margin, low=0.0, high=0.5)
+        self.clean_weight = check_number("clean_weight", clean_weight, low=0.0)
+        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0)
+        self.end_momentum = check_number("end_momentum", end_momentum, low=self.momentum, high=1.0)
+        self.momentum_hold = check_number("momentum_hold", momentum_hold, low=0.0, high=1.0)
+        self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, 1)
+        self.lr = None if lr is None else check_number("lr", lr, low=0.0)
+        self.mix_block: MixBlock | None = None if in_channels is None else MixBlock(in_channels, **self.block_settings)
+        self.teacher: nn.Module | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def attach(self, model: nn.Module, input_size: tuple[int, ...] | None = None) -> "AutoMix":
+        """Build the EMA teacher (a frozen copy of ``model``) and the Mix Block for ``model``.
+
+        Call it once, before the optimizer is made (its :meth:`param_groups` must be in it).
+        The channels of stage ``feature_stage`` are read by running the model (eval mode, no
+        gradients) on one zero input of ``input_size`` (default ``(in_chans, 64, 64)``, the
+        channels from the model's first convolution).
+
+        Raises:
+            TypeError: ``model`` cannot be run stage by stage, or has no stage ``feature_stage``.
+            ValueError: ``in_channels`` was given and the stage has other channels.
+        """
+        name = type(self).__name__
+        stages = feature_stages(model, name)
+        if len(stages) <= self.feature_stage:
+            raise TypeError(
+                f"{name}'s Mix Block reads stage {self.feature_stage} of the encoder, but {type(model).__name__} has "
+                f"stages 1..{len(stages) - 1} (split_stages: [stem, stage1, ..., stage{len(stages) - 1}]); "
+                f"set feature_stage to one it has"
+            )
+        channels = _stage_channels(model, stages[: self.feature_stage + 1], input_size)
+        if self.in_channels is not None and self.in_channels != channels:
+            raise ValueError(
+                f"{name}'s Mix Block is configured for in_channels={self.in_channels}, but stage {self.feature_stage} "
+                f"of {type(model).__name__} has {channels} channels"
+            )
+        if self.mix_block is None or self.mix_block.in_channels != channels:
+            self.mix_block = MixBlock(channels, **self.block_settings).to(_device_of(model))
+        self.in_channels = channels
+        teacher = copy.deepcopy(model)
+        teacher.requires_grad_(False)
+        self.teacher = teacher
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The Mix Block's parameter group for the optimizer (with ``lr`` when set)."""
+        block = self._require_attached()[1]
+        group: dict[str, Any] = {"params": list(block.parameters())}
+        if self.lr is not None:
+            group["lr"] = self.lr
+        return [group]
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
+        """Not available: AutoMix learns its masks from the model's features, so it needs the model."""
+        raise self.needs_model("images with masks learned from the model's features")
+
+    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Criterion) -> "StepResult":
+        """One step: EMA update, Mix Block loss through the teacher, online loss on the model.
+
+        Returns a :class:`~openmix.training.StepResult` whose ``loss`` sums every term, whose
+        ``logits`` and ``mix`` are those of the online mixed batch, and whose ``aux`` holds
+        each term (detached) for logging.
+        """
+        from openmix.training import StepResult
+
+        teacher, block = self._require_attached()
+        stages = feature_stages(teacher, type(self).__name__)
+        self._update_teacher(model)
+        soft, params = self.begin_step(x, y)
+        size = x.shape[-2:]
+        with torch.no_grad():
+            features, teacher_logits = self._teacher_features(stages, x)
+
+        # the Mix Block's batch: its masks, mixed images and loss through the frozen teacher
+        block_index, block_lam = params["block_index"], params["block_lam"]
+        masks = block(features, block_index, block_lam, size)
+        block_logits = teacher(mix_sources(x, block_index, masks))
+        block_target = mix_source_targets(soft, block_index, block_lam)
+        block_terms = self._block_losses(criterion, block_logits, block_target, masks, params, teacher_logits)
+
+        # the online batch: detached masks (constant shares near lam 0 or 1)
+        index, lam = params["online_index"], params["online_lam"]
+        with torch.no_grad():
+            if lam[0] <= self.lam_margin or lam[0] >= 1.0 - self.lam_margin:
+                online_masks = constant_masks(x, lam)
+            else:
+                online_masks = block(features, index, lam, size)
+            mixed = mix_sources(x, index, online_masks)
+        target = mix_source_targets(soft, index, lam)
+        logits = model(mixed)
+        terms = {"online_mix": criterion(logits, target), **self._online_losses(model, criterion, x, soft, params)}
+        terms.update(block_terms)
+        loss = torch.stack([value for value in terms.values()]).sum()
+        out = MixOutput(
+            x=mixed,
+            y=target,
+            lam=x.new_full((x.shape[0],), lam[0], dtype=torch.float32),
+            index=index[1],
+            mask=online_masks[:, :1].expand(-1, -1, *size) if online_masks.shape[-1] == 1 else online_masks[:, :1],
+            sources=(index.t(), torch.stack([x.new_full((x.shape[0],), share, dtype=torch.float32) for share in lam], 1))
+            if len(lam) > 2
+            else None,
+        )
+        return StepResult(loss, logits, out, aux={name: value.detach() for name, value in terms.items()})
+
+    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+        """Two independent draws: ``block_*`` for the Mix Block's batch, ``online_*`` for the model's.
+
+        Each is ``*_index`` ``(K, B)`` (row 0 ``arange(B)``, then partners) and ``*_lam``, the
+        ``K`` shares as host floats. ``lam``/``index``/``batch_lam`` repeat the online draw.
+        """
+        block_index, block_lam = self._draw_sources(x, draws)
+        online_index, online_lam = self._draw_sources(x, draws)
+        return {
+            "lam": torch.full((x.shape[0],), online_lam[0], device=x.device),
+            "index": online_index[1],
+            "batch_lam": online_lam[0],
+            "block_index": block_index,
+            "block_lam": block_lam,
+            "online_index": online_index,
+            "online_lam": online_lam,
+        }
+
+    # ------------------------------------------------------------------ the variant's parts
+    def _draw_sources(self, x: Tensor, draws: Draws) -> tuple[Tensor, list[float]]:
+        """``K`` samples per mixed sample: ``[arange, partner, ...]`` and their shares.
+
+        Two samples: ``[lam, 1 - lam]``, ``lam ~ Beta(alpha, alpha)``; more: ``K`` Beta draws
+        normalised to sum 1 (AdAutoMix).
+        """
+        if self.mixed_samples == 2:
+            lam = host_beta(self.alpha, draws.host)
+            shares = [lam, 1.0 - lam]
+        else:
+            draws_k = [host_beta(self.alpha, draws.host) for _ in range(self.mixed_samples)]
+            total = sum(draws_k)
+            shares = [d / total for d in draws_k] if total > 0 else [1.0 / self.mixed_samples] * self.mixed_samples
+        return self._draw_partners(x, draws), shares
+
+    def _draw_partners(self, x: Tensor, draws: Draws) -> Tensor:
+        """``(K, B)``: ``arange(B)``, then ``K - 1`` independent partner permutations."""
+        batch = x.shape[0]
+        partners = [partner_index(batch, self.pairing, device=x.device, generator=draws.device)
+                    for _ in range(self.mixed_samples - 1)]
+        return torch.stack([torch.arange(batch, device=x.device), *partners])
+
+    def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The teacher's stage features of the clean batch (and its logits, for variants that need them)."""
+        h = x
+        for stage in stages[: self.feature_stage + 1]:
+            h = stage(h)
+        return h, None
+
+    def _block_losses(
+        self, criterion: Criterion, logits: Tensor, target: Tensor, masks: Tensor, params: Params, teacher_logits: Tensor | None
+    ) -> dict[str, Tensor]:
+        """The Mix Block's terms: mixup loss of the teacher, and the mask loss."""
+        mix = decoupled_mixup_loss(logits, target, eta=self.eta) if self.eta else criterion(logits, target)
+        own = masks[:, 0]
+        mean = own.mean()
+        mask = (mean - params["block_lam"][0]).abs().sub(self.mask_margin).clamp(min=0.0)
+        if self.mask_variance:
+            mask = mask - self.mask_variance * (own - mean).square().mean()
+        return {"block_mix": mix, "block_mask": self.mask_loss * mask}
+
+    def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
+        """The model's terms besides the online mixed batch: the clean batch."""
+        return {"online_clean": self.clean_weight * criterion(model(x), soft)}
+
+    # ------------------------------------------------------------------ internals
+    def _require_attached(self) -> tuple[nn.Module, MixBlock]:
+        if self.teacher is None or self.mix_block is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not attached to a model: call mixer.attach(model) before making the "
+                "optimizer, and put mixer.param_groups() in it (MixupClassifier does both)"
+            )
+        return self.teacher, self.mix_block
+
+    @torch.no_grad()
+    def _update_teacher(self, model: nn.Module) -> None:
+        """Step 0: the teacher becomes a copy of ``model``; later steps: one EMA step of the weights."""
+        teacher = self.teacher
+        online, frozen = list(model.parameters()), list(teacher.parameters())
+        if len(online) != len(frozen) or any(a.shape != b.shape for a, b in zip(online, frozen)):
+            raise ValueError(
+                f"{type(self).__name__} was attached to another model: its teacher's parameters do not match "
+                f"{type(model).__name__}'s"
+            )
+        call = self._calls
+        if call == 0:
+            teacher.load_state_dict(model.state_dict())
+            return
+        momentum = ema_momentum(call - 1, self.total_steps, self.momentum, self.end_momentum, self.momentum_hold)
+        if momentum < 1.0:
+            torch._foreach_lerp_(frozen, online, 1.0 - momentum)
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields = super()._repr_fields()
+        fields.update(feature_stage=self.feature_stage, in_channels=self.in_channels)
+        return fields
+
+
+def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple[int, ...] | None) -> int:
+    """Channels of the last of ``stages`` on one zero input (model in eval mode, no gradients)."""
+    if input_size is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is None:
+            raise TypeError(f"cannot tell the input channels of {type(model).__name__}: pass input_size=(C, H, W)")
+        input_size = (first.in_channels * first.groups, 64, 64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            h = torch.zeros(1, *input_size, device=_device_of(model))
+            for stage in stages:
+                h = stage(h)
+    finally:
+        model.train(was_training)
+    return int(h.shape[1])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
