@@ -3,7 +3,8 @@
 #   1. the CUDA tests (every input mixer under torch.cuda.set_sync_debug_mode("error"), fp16/bf16,
 #      CPU/CUDA agreement, a training step) and the mixer contract tests;
 #   2. the mixer benchmark on CUDA, every openmix call inside set_sync_debug_mode("error");
-#   3. a short Fashion-MNIST training on the GPU-resident data path, reporting images/s.
+#   3. a short Fashion-MNIST training on the GPU-resident data path, reporting images/s;
+#   4. the training-step cost of the model-aware and learned mixers on CUDA (time and peak memory).
 # Output: benchmarks/results/gpu_check_<device>.md (or under $OUT when set, as on the device machine).
 # Needs openmix installed (`pip install -e ".[dev]"`, or PYTHONPATH) and, for step 3, Fashion-MNIST
 # (Debian's dataset-fashion-mnist, or FMNIST_ROOT pointing at the IDX files).
@@ -39,5 +40,10 @@ runs=$(mktemp -d)
   timeout 240 python -m openmix.cli.train trainer.accelerator=gpu out_dir="$runs" print_table=true \
     ${FMNIST_ROOT:+data.root=$FMNIST_ROOT} 2>&1 | tail -n 25
   echo '```'
+  echo
+  echo "## 4. Training-step cost on CUDA (python benchmarks/step_cost.py --device cuda --repeat 10)"
+  echo
+  timeout 150 python benchmarks/step_cost.py --device cuda --repeat 10 --markdown "$runs/steps.md" >/dev/null \
+    2>"$runs/steps.err" && cat "$runs/steps.md" || { echo "FAILED:"; echo '```'; tail -n 30 "$runs/steps.err"; echo '```'; }
 } 2>&1 | tee "$report"
 echo "wrote $report"

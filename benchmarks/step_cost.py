@@ -3,8 +3,10 @@
 A step is what a training loop pays per batch: ``optimizer.zero_grad()``, ``mix_step`` (the
 mixer's draws, any extra pass, the mixing, the forward and the loss), ``loss.backward()`` and
 ``optimizer.step()`` (SGD, momentum 0.9, weight decay 5e-4). Methods: vanilla, mixup, puzzlemix,
-alignmix and manifoldmix, with their default (official CIFAR) settings, on ``cifar_resnet18``
-with a batch of 100 3x32x32 images in [0, 1] and 100 classes by default.
+alignmix, manifoldmix and the learned automix, samix and adautomix, with their default (official
+CIFAR) settings, on ``cifar_resnet18`` with a batch of 100 3x32x32 images in [0, 1] and 100
+classes by default. A learned mixer is attached to the model (its EMA teacher and Mix Block)
+and its step's optimizer also updates the Mix Block.
 
 The dynamic methods take a different path at each step (PuzzleMix draws its grid side G,
 AlignMix input mixup or alignment, Manifold Mixup its layer), so each path is timed as a
@@ -17,7 +19,10 @@ hits all rows alike; the table gives the median over ``--repeat`` rounds. All ro
 shared model and optimizer (the cost of a step does not depend on the weights). On CUDA,
 ``torch.cuda.synchronize()`` is called before and after each timed step, and the peak memory
 of one untimed step is read with ``torch.cuda.max_memory_allocated`` (the column gives the
-peak above what was allocated before the step: activations, saved tensors, temporaries).
+peak above what was allocated before the step: activations, saved tensors, temporaries). The
+``state MB`` column adds what a run holds between steps: the weights, their gradients and SGD
+momentum, and for a learned mixer its teacher's weights and buffers and the Mix Block's
+weights, gradients and momentum; ``mem x vanilla`` compares peak + state.
 
 Where the time goes (last column), from separate instrumented steps after the timing (``--parts``
 steps per variant, median): the public functions of each part are wrapped with timers (with
@@ -26,7 +31,10 @@ a ``torch.cuda.synchronize()`` on entry and exit on CUDA, which the timed steps 
 * PuzzleMix ``masks+transport``: the whole ``PuzzleMix.mix`` (energy ``puzzle_problem``, solver
   ``solve_puzzle``, ``mask_transport`` + ``transport_blocks``, the blend), with the solver and the
   transport also given alone; ``saliency``: the extra forward/backward for the input gradient;
-* AlignMix ``sinkhorn``: the Sinkhorn plan (``feature_cost`` + ``sinkhorn``) on aligned steps.
+* AlignMix ``sinkhorn``: the Sinkhorn plan (``feature_cost`` + ``sinkhorn``) on aligned steps;
+* AutoMix, SAMix, AdAutoMix: ``mix block`` (its two mask passes) and ``teacher features`` (the
+  teacher's pass on the clean batch: stages 1-3, the whole teacher for AdAutoMix). The rest of
+  their step is the teacher on the mixed batch with its input gradient, and the model's passes.
 
 Shares are of the instrumented step's time; a method row gives its variants' summed part
 times over their summed step times.
@@ -49,12 +57,16 @@ from typing import Any, Callable, Iterator
 import torch
 
 import openmix
+import openmix.mixers.adautomix as adautomix_module
 import openmix.mixers.alignmix as alignmix_module
+import openmix.mixers.automix as automix_module
+import openmix.mixers.mix_block as mix_block_module
 import openmix.mixers.puzzlemix as puzzlemix_module
 from openmix.models import create_model
 from openmix.training import mix_step
 
-METHODS = ("vanilla", "mixup", "puzzlemix", "alignmix", "manifoldmix")
+METHODS = ("vanilla", "mixup", "puzzlemix", "alignmix", "manifoldmix", "automix", "samix", "adautomix")
+LEARNED = ("automix", "samix", "adautomix")
 
 
 @dataclass
@@ -67,6 +79,7 @@ class Row:
     order: int = 0  # position in the table
     times: list[float] = field(default_factory=list)  # seconds per timed step
     peak_mb: float | None = None
+    state_mb: float | None = None
     parts: dict[str, float] = field(default_factory=dict)  # seconds per instrumented step, median
     part_step: float | None = None  # the instrumented step's seconds, median
 
@@ -90,6 +103,8 @@ def variants(method: str, num_classes: int, image_size: int, seed: int) -> list[
                 for label, p in (("aligned", 1.0), ("input mixup", 0.0))]
     if method == "manifoldmix":
         return [(f"layer {k}", openmix.build("manifoldmix", layers=(k,), **common)) for k in (0, 1, 2)]
+    if method in LEARNED:
+        return [("", openmix.build(method, **common))]
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -103,13 +118,37 @@ class Step:
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model, self.x, self.y = model, x, y
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.opt = self.optimizer([])
+        self.learned_opts: dict[int, torch.optim.Optimizer] = {}
+
+    def optimizer(self, extra_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return torch.optim.SGD([{"params": list(self.model.parameters())}, *extra_groups], lr=0.01, momentum=0.9,
+                               weight_decay=5e-4)
+
+    def add_learned(self, mixer: Any) -> None:
+        """Attach a learned mixer to the model; its steps use an optimizer that also holds its Mix Block."""
+        mixer.attach(self.model)
+        self.learned_opts[id(mixer)] = self.optimizer(mixer.param_groups())
 
     def __call__(self, mixer: Any) -> None:
-        self.opt.zero_grad(set_to_none=True)
+        opt = self.learned_opts.get(id(mixer), self.opt)
+        opt.zero_grad(set_to_none=True)
         step = mix_step(self.model, mixer, self.x, self.y)
         step.loss.backward()
-        self.opt.step()
+        opt.step()
+
+
+def state_mb(model: torch.nn.Module, mixer: Any) -> float:
+    """MB a run holds between steps: weights + gradients + SGD momentum (3x), buffers, a learned mixer's
+    teacher (weights and buffers) and Mix Block (3x)."""
+    def size(tensors: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    total = 3 * size(model.parameters()) + size(model.buffers())
+    if getattr(mixer, "kind", None) == "learned":
+        total += size(mixer.teacher.parameters()) + size(mixer.teacher.buffers())
+        total += 3 * size(mixer.mix_block.parameters()) + size(mixer.mix_block.buffers())
+    return total / 2**20
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -132,6 +171,9 @@ def part_timers(device: torch.device) -> Iterator[dict[str, float]]:
         (puzzlemix_module, "_saliency_pass", "saliency"),
         (alignmix_module, "feature_cost", "sinkhorn"),
         (alignmix_module, "sinkhorn", "sinkhorn"),
+        (mix_block_module.MixBlock, "forward", "mix block"),
+        (automix_module.AutoMix, "_teacher_features", "teacher features"),
+        (adautomix_module.AdAutoMix, "_teacher_features", "teacher features"),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
 
@@ -178,6 +220,9 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
             for variant, mixer in variants(method, args.num_classes, args.size, seed=0)]
     for i, row in enumerate(rows):
         row.order = i
+        if row.method in LEARNED:
+            step.add_learned(row.mixer)
+        row.state_mb = state_mb(model, row.mixer)
     for row in rows:
         for _ in range(args.warmup):
             step(row.mixer)
@@ -189,7 +234,7 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
             row.times.append(timed(lambda: step(row.mixer), device))
     rows.sort(key=lambda r: r.order)
     for row in rows:
-        if row.method not in ("puzzlemix", "alignmix") or args.parts < 1:
+        if row.method not in SHOWN_PARTS or args.parts < 1:
             continue
         steps, parts = [], []
         for _ in range(args.parts):
@@ -202,7 +247,11 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-SHOWN_PARTS = {"puzzlemix": ("masks+transport", "solver", "transport", "saliency"), "alignmix": ("sinkhorn",)}
+SHOWN_PARTS = {
+    "puzzlemix": ("masks+transport", "solver", "transport", "saliency"),
+    "alignmix": ("sinkhorn",),
+    **{method: ("mix block", "teacher features") for method in LEARNED},
+}
 
 
 def where(method: str, parts: dict[str, float], step: float | None) -> str:
@@ -215,7 +264,10 @@ def where(method: str, parts: dict[str, float], step: float | None) -> str:
 def table(rows: list[Row], device: torch.device, args: argparse.Namespace) -> str:
     vanilla = statistics.mean(r.ms for r in rows if r.method == "vanilla") if any(r.method == "vanilla" for r in rows) else None
     memory = device.type == "cuda"
-    head = "| method | variant | ms/step | x vanilla |" + (" peak MB |" if memory else "") + " where the time goes |"
+    base = [r for r in rows if r.method == "vanilla" and r.peak_mb is not None]
+    vanilla_mem = base[0].peak_mb + base[0].state_mb if base else None
+    head = ("| method | variant | ms/step | x vanilla |" + (" peak MB | state MB | mem x vanilla |" if memory else "")
+            + " where the time goes |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for method in args.methods:
         group = [r for r in rows if r.method == method]
@@ -227,18 +279,23 @@ def table(rows: list[Row], device: torch.device, args: argparse.Namespace) -> st
         summed = {k: v for k, v in summed.items() if any(k in r.parts for r in timed_parts)}
         share = where(method, summed, sum(r.part_step for r in timed_parts))
         peak = max((r.peak_mb for r in group if r.peak_mb is not None), default=None)
-        lines.append(_line(method, "mean" if len(group) > 1 else "", ms, vanilla, peak, memory, share))
+        held = group[0].state_mb
+        lines.append(_line(method, "mean" if len(group) > 1 else "", ms, vanilla, (peak, held, vanilla_mem), memory, share))
         if len(group) > 1:
             for r in group:
-                lines.append(_line("", r.variant, r.ms, vanilla, r.peak_mb, memory, where(method, r.parts, r.part_step)))
+                lines.append(_line("", r.variant, r.ms, vanilla, (r.peak_mb, r.state_mb, vanilla_mem), memory,
+                                   where(method, r.parts, r.part_step)))
     return "\n".join(lines)
 
 
-def _line(method: str, variant: str, ms: float, vanilla: float | None, peak: float | None, memory: bool, share: str) -> str:
+def _line(method: str, variant: str, ms: float, vanilla: float | None, mem: tuple, memory: bool, share: str) -> str:
     ratio = f"{ms / vanilla:.2f}" if vanilla else ""
     cells = [f"**{method}**" if method else "", variant, f"{ms:.1f}", ratio]
     if memory:
+        peak, held, vanilla_mem = mem
         cells.append("" if peak is None else f"{peak:.0f}")
+        cells.append("" if held is None else f"{held:.0f}")
+        cells.append(f"{(peak + held) / vanilla_mem:.2f}" if peak is not None and held is not None and vanilla_mem else "")
     cells.append(share)
     return "| " + " | ".join(cells) + " |"
 
@@ -254,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser.add_argument("--repeat", type=int, default=20, help="timed rounds, one step per row each (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default 2)")
     parser.add_argument("--parts", type=int, default=3,
-                        help="instrumented steps per PuzzleMix/AlignMix variant for the time shares (default 3; 0: none)")
+                        help="instrumented steps per PuzzleMix/AlignMix/learned variant for the time shares (default 3; 0: none)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default: all)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a loaded shared machine")

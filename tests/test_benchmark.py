@@ -71,3 +71,20 @@ def test_findings_name_each_missed_target(bench):
     assert "cutmix elem" not in notes  # 12.5x faster
     assert "mixup batch" not in notes
     assert "resizemix batch cpu 64x3x224x224: 3.50x floor > target 3.0x" in notes
+
+
+def test_step_cost_times_the_learned_mixers_against_vanilla(capsys):
+    spec = importlib.util.spec_from_file_location("step_cost", PATH.with_name("step_cost.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        out = module.main(["--device", "cpu", "--batch", "2", "--size", "16", "--num-classes", "4", "--repeat", "1",
+                           "--warmup", "1", "--parts", "1", "--methods", "vanilla", "automix", "adautomix"])
+    finally:
+        sys.modules.pop(spec.name, None)
+    rows = {r.method: r for r in out["cpu"]}
+    assert rows["automix"].state_mb > rows["vanilla"].state_mb  # the teacher and the Mix Block are held too
+    assert rows["automix"].parts.get("mix block", 0) > 0
+    text = capsys.readouterr().out
+    assert "| **automix** |" in text and "| **adautomix** |" in text

@@ -140,10 +140,12 @@ class AdAutoMix(AutoMix):
         return {"block_mix": -self.adv_weight * mix, "block_cosine": (1.0 - self.adv_weight) * cosine.mean()}
 
     def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
-        """``(1 - w) CE(clean) + w CE(linear mixup of the online sources)``."""
+        """``(1 - w) CE(clean) + w CE(linear mixup of the online sources)``; a term of weight 0 costs no pass."""
         index, shares = params["online_index"], params["online_lam"]
-        linear = mix_sources(x, index, constant_masks(x, shares))
-        return {
-            "online_clean": (1.0 - self.linear_weight) * criterion(model(x), soft),
-            "online_linear": self.linear_weight * criterion(model(linear), mix_source_targets(soft, index, shares)),
-        }
+        terms = {}
+        if self.linear_weight < 1.0:
+            terms["online_clean"] = (1.0 - self.linear_weight) * criterion(model(x), soft)
+        if self.linear_weight > 0.0:
+            linear = mix_sources(x, index, constant_masks(x, shares))
+            terms["online_linear"] = self.linear_weight * criterion(model(linear), mix_source_targets(soft, index, shares))
+        return terms

@@ -394,7 +394,9 @@ class AutoMix(Mixer):
         return {"block_mix": mix, "block_mask": self.mask_loss * mask}
 
     def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
-        """The model's terms besides the online mixed batch: the clean batch."""
+        """The model's terms besides the online mixed batch: the clean batch (no pass when its weight is 0)."""
+        if not self.clean_weight:
+            return {}
         return {"online_clean": self.clean_weight * criterion(model(x), soft)}
 
     # ------------------------------------------------------------------ internals
