@@ -478,10 +478,10 @@ def test_momentum_1_keeps_the_teacher_fixed_after_step_0():
     assert all(torch.equal(a, b) for a, b in zip(frozen, mixer.teacher.parameters()))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: momentum=1.0 ('1 freezes the teacher') is refused because the "
-                                       "default end_momentum 0.999999 is below it")
-def test_momentum_1_alone_is_accepted():
-    learned("automix", momentum=1.0)
+def test_momentum_1_alone_is_accepted_and_an_end_below_momentum_is_not():
+    assert learned("automix", momentum=1.0).momentum == 1.0
+    with pytest.raises(ValueError, match="end_momentum must be >= momentum"):
+        learned("automix", momentum=0.999, end_momentum=0.99)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -696,8 +696,6 @@ def test_attach_puts_the_mix_block_on_the_models_device():
     assert all(p.device.type == "meta" for p in [*mixer.mix_block.parameters(), *mixer.teacher.parameters()])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with in_channels given, attach keeps the Mix Block built in __init__ "
-                                       "on the CPU instead of moving it to the model's device")
 def test_attach_puts_a_configured_mix_block_on_the_models_device():
     model = convnet().to("meta")
     mixer = learned("automix", in_channels=8).attach(model)
@@ -744,3 +742,17 @@ def test_resnets_attach_and_train_one_step(name, make, channels):
     assert torch.isfinite(step.loss) and step.mix.x.shape == x.shape
     assert all(p.grad is not None for p in model.parameters())
     assert all(p.grad is not None for p in mixer.mix_block.parameters())
+
+
+# ------------------------------------------------------------------------ command line
+@pytest.mark.parametrize("name", NAMES)
+def test_openmix_train_runs_the_learned_mixer(tmp_path, name):
+    from test_cli import run
+
+    row = run(tmp_path, f"mixer={name}", "+trainer.fast_dev_run=true")
+    assert row["mixer"] == name
+
+
+def test_adautomix_has_no_mask_loss_to_set():
+    with pytest.raises(TypeError, match="mask_loss"):
+        learned("adautomix", mask_loss=0.1)

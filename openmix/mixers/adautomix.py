@@ -81,7 +81,6 @@ class AdAutoMix(AutoMix):
         adv_every: int = 2,
         linear_weight: float = 0.5,
         lam_margin: float = 0.03,
-        mask_loss: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -91,7 +90,7 @@ class AdAutoMix(AutoMix):
             attention=attention,
             upsample=upsample,
             lam_margin=lam_margin,
-            mask_loss=mask_loss,
+            mask_loss=0.0,  # AdAutoMix has no mask loss
             **kwargs,
         )
         self.adv_weight = check_number("adv_weight", adv_weight, low=0.0, high=1.0)
@@ -131,8 +130,6 @@ class AdAutoMix(AutoMix):
     ) -> dict[str, Tensor]:
         """``+CE``, or on adversarial steps ``-β CE + (1 - β) S`` (``S``: the λ-weighted logit cosine)."""
         mix = criterion(logits, target)
-        if self.mask_loss:
-            mix = mix + super()._block_losses(criterion, logits, target, masks, params, teacher_logits)["block_mask"]
         if not self.adversarial(self._calls - 1):
             return {"block_mix": mix, "block_cosine": mix.new_zeros(())}
         index, shares = params["block_index"], params["block_lam"]

@@ -149,8 +149,9 @@ class AutoMix(Mixer):
         lam_margin: the online batch is plain mixup (constant masks) when the sample's own share
             ``lam_o <= lam_margin`` or ``>= 1 - lam_margin`` (0.08).
         clean_weight: weight of the clean-batch loss of the model (1).
-        momentum: the teacher's EMA momentum at the start (0.999); ``1`` freezes the teacher.
-        end_momentum: the momentum at the end of the cosine (0.999999).
+        momentum: the teacher's EMA momentum at the start (0.999); ``1`` freezes the teacher
+            (``end_momentum`` is then ignored).
+        end_momentum: the momentum at the end of the cosine (0.999999), at least ``momentum``.
         momentum_hold: fraction of the run at ``momentum`` before the cosine (0.1).
         total_steps: training steps of the run, for the momentum schedule (MixupClassifier
             sets it); ``None`` keeps ``momentum``.
@@ -229,7 +230,9 @@ class AutoMix(Mixer):
         self.lam_margin = check_number("lam_margin", lam_margin, low=0.0, high=0.5)
         self.clean_weight = check_number("clean_weight", clean_weight, low=0.0)
         self.momentum = check_number("momentum", momentum, low=0.0, high=1.0)
-        self.end_momentum = check_number("end_momentum", end_momentum, low=self.momentum, high=1.0)
+        self.end_momentum = check_number("end_momentum", end_momentum, low=0.0, high=1.0)
+        if self.momentum < 1.0 and self.end_momentum < self.momentum:
+            raise ValueError(f"end_momentum must be >= momentum ({self.momentum}), got {end_momentum}")
         self.momentum_hold = check_number("momentum_hold", momentum_hold, low=0.0, high=1.0)
         self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, 1)
         self.lr = None if lr is None else check_number("lr", lr, low=0.0)
@@ -264,7 +267,8 @@ class AutoMix(Mixer):
                 f"of {type(model).__name__} has {channels} channels"
             )
         if self.mix_block is None or self.mix_block.in_channels != channels:
-            self.mix_block = MixBlock(channels, **self.block_settings).to(_device_of(model))
+            self.mix_block = MixBlock(channels, **self.block_settings)
+        self.mix_block = self.mix_block.to(_device_of(model))
         self.in_channels = channels
         teacher = copy.deepcopy(model)
         teacher.requires_grad_(False)
@@ -421,6 +425,8 @@ class AutoMix(Mixer):
         call = self._calls
         if call == 0:
             teacher.load_state_dict(model.state_dict())
+            return
+        if self.momentum >= 1.0:
             return
         momentum = ema_momentum(call - 1, self.total_steps, self.momentum, self.end_momentum, self.momentum_hold)
         if momentum < 1.0:
