@@ -365,7 +365,8 @@ def test_step_cost_benchmark_prints_a_table(capsys):
     assert [(r.method, r.variant) for r in rows] == [
         ("vanilla", ""), ("mixup", ""), ("puzzlemix", "G=2"), ("puzzlemix", "G=4"), ("puzzlemix", "G=8"),
         ("alignmix", "aligned"), ("alignmix", "input mixup"),
-        ("manifoldmix", "layer 0"), ("manifoldmix", "layer 1"), ("manifoldmix", "layer 2")]
+        ("manifoldmix", "layer 0"), ("manifoldmix", "layer 1"), ("manifoldmix", "layer 2"),
+        ("automix", ""), ("samix", ""), ("adautomix", "")]
     assert all(r.ms > 0 for r in rows)
     assert rows[5].parts["sinkhorn"] > 0 and "masks+transport" in rows[2].parts
     text = capsys.readouterr().out
