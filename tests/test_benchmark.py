@@ -88,3 +88,13 @@ def test_step_cost_times_the_learned_mixers_against_vanilla(capsys):
     assert rows["automix"].parts.get("mix block", 0) > 0
     text = capsys.readouterr().out
     assert "| **automix** |" in text and "| **adautomix** |" in text
+
+
+def test_step_memory_runs_each_method_in_its_own_process(capsys):
+    spec = importlib.util.spec_from_file_location("step_memory", PATH.with_name("step_memory.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--batch", "2", "--methods", "vanilla", "automix"])
+    assert [r["method"] for r in rows] == ["vanilla", "automix"]
+    assert all(r["step_mb"] >= 0 for r in rows)
+    assert "| automix |" in capsys.readouterr().out

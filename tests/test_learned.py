@@ -400,23 +400,38 @@ def test_online_terms_send_no_gradient_into_the_mix_block(name):
     x, y = batch()
     model, mixer = attached(name)
     force_draws(mixer, online=(rolled(8, 1, 3)[: len(SHARES[name])], SHARES[name]))  # learned online masks
-    block_terms = {}
-    block_losses_of = mixer._block_losses
+    early = {}
+    backward_early = mixer._backward_early
 
-    def spy(*args, **kwargs):
-        terms = block_losses_of(*args, **kwargs)
-        block_terms.update(terms)
-        return terms
+    def spy(block_loss):
+        params = list(mixer.mix_block.parameters())
+        early["grads"] = torch.autograd.grad(block_loss, params, retain_graph=True)
+        return backward_early(block_loss)
 
-    mixer._block_losses = spy
+    mixer._backward_early = spy
     step = mix_step(model, mixer, x, y)
     assert not step.mix.x.requires_grad and not step.mix.mask.requires_grad
-    params = list(mixer.mix_block.parameters())
-    online = step.loss - sum(block_terms.values())  # the model's terms only
-    from_online = torch.autograd.grad(online, params, allow_unused=True, retain_graph=True)
-    assert all(g is None or not g.any() for g in from_online)
-    from_block = torch.autograd.grad(sum(block_terms.values()), params, allow_unused=True)
-    assert any(g is not None and g.any() for g in from_block)  # the check above could see a gradient
+    total = torch.autograd.grad(step.loss, list(mixer.mix_block.parameters()))
+    assert all(torch.equal(t, g) for t, g in zip(total, early["grads"]))  # the model's terms add nothing
+    assert any(g.any() for g in early["grads"])  # the check above could see a gradient
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_early_mix_block_backward_gives_the_plain_sums_loss_and_gradients(name):
+    """The step takes the Mix Block's gradients before the model's passes (to free the teacher's
+    activations); loss and every gradient equal those of the plain sum of the terms."""
+    x, y = batch()
+    model, mixer = attached(name)
+    twin_model, twin = copy.deepcopy(model), copy.deepcopy(mixer)
+    twin._backward_early = lambda block_loss: block_loss  # the plain graph: one backward through everything
+    step, plain = mix_step(model, mixer, x, y), mix_step(twin_model, twin, x, y)
+    torch.testing.assert_close(step.loss, plain.loss)
+    torch.testing.assert_close(step.loss, sum(step.aux.values()))
+    step.loss.backward()
+    plain.loss.backward()
+    for (name_, p), q in zip([*model.named_parameters(), *mixer.mix_block.named_parameters()],
+                             [*twin_model.parameters(), *twin.mix_block.parameters()]):
+        torch.testing.assert_close(p.grad, q.grad, msg=name_)
 
 
 # ------------------------------------------------------------------------ EMA teacher
@@ -756,3 +771,23 @@ def test_openmix_train_runs_the_learned_mixer(tmp_path, name):
 def test_adautomix_has_no_mask_loss_to_set():
     with pytest.raises(TypeError, match="mask_loss"):
         learned("adautomix", mask_loss=0.1)
+
+
+def test_fp16_autocast_leaves_the_mix_block_backward_to_the_caller():
+    """Only the caller's backward is loss-scaled, so under fp16 the Mix Block's loss keeps its graph."""
+    x, y = batch()
+    model, mixer = attached("automix")
+    seen = []
+    backward_early = mixer._backward_early
+
+    def spy(loss):
+        out = backward_early(loss)
+        seen.append(out is loss)
+        return out
+
+    mixer._backward_early = spy
+    with torch.autocast("cpu", dtype=torch.float16):
+        mix_step(model, mixer, x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mix_step(model, mixer, x, y)
+    assert seen == [True, False]

@@ -311,6 +311,7 @@ class AutoMix(Mixer):
         block_logits = teacher(mix_sources(x, block_index, masks))
         block_target = mix_source_targets(soft, block_index, block_lam)
         block_terms = self._block_losses(criterion, block_logits, block_target, masks, params, teacher_logits)
+        block_loss = self._backward_early(torch.stack(list(block_terms.values())).sum())
 
         # the online batch: detached masks (constant shares near lam 0 or 1)
         index, lam = params["online_index"], params["online_lam"]
@@ -322,9 +323,9 @@ class AutoMix(Mixer):
             mixed = mix_sources(x, index, online_masks)
         target = mix_source_targets(soft, index, lam)
         logits = model(mixed)
-        terms = {"online_mix": criterion(logits, target), **self._online_losses(model, criterion, x, soft, params)}
-        terms.update(block_terms)
-        loss = torch.stack([value for value in terms.values()]).sum()
+        online = {"online_mix": criterion(logits, target), **self._online_losses(model, criterion, x, soft, params)}
+        loss = torch.stack(list(online.values())).sum() + block_loss
+        terms = {**online, **block_terms}
         out = MixOutput(
             x=mixed,
             y=target,
@@ -404,6 +405,24 @@ class AutoMix(Mixer):
         return {"online_clean": self.clean_weight * criterion(model(x), soft)}
 
     # ------------------------------------------------------------------ internals
+    def _backward_early(self, block_loss: Tensor) -> Tensor:
+        """``block_loss`` with its gradients taken now: its value, and a surrogate with the same Mix Block gradients.
+
+        The Mix Block's loss reaches the Mix Block only (through the frozen teacher), so its
+        gradients can be computed before the model's passes; the teacher's activations are then
+        freed before the model's are made, and the step's peak memory holds one of the two sets,
+        not both. The returned ``Σ p·g + (value - Σ p·g).detach()`` gives the caller's single
+        ``loss.backward()`` exactly these gradients ``g`` (through the usual hooks: DDP reduces
+        them, a GradScaler scales them) and keeps the loss's value. Under fp16 autocast the
+        gradients are left to the caller's backward: only it is loss-scaled against underflow.
+        """
+        params = [p for p in self.mix_block.parameters() if p.requires_grad]
+        if not (params and block_loss.requires_grad and torch.is_grad_enabled()) or _fp16_autocast(block_loss.device):
+            return block_loss  # fp16: a GradScaler must scale this backward too, so it stays in the caller's
+        grads = torch.autograd.grad(block_loss, params)
+        surrogate = torch.stack([(p * g).sum() for p, g in zip(params, grads)]).sum()
+        return surrogate + (block_loss.detach() - surrogate.detach())
+
     def _require_attached(self) -> tuple[nn.Module, MixBlock]:
         if self.teacher is None or self.mix_block is None:
             raise RuntimeError(
@@ -455,6 +474,12 @@ def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple
     finally:
         model.train(was_training)
     return int(h.shape[1])
+
+
+def _fp16_autocast(device: torch.device) -> bool:
+    """Whether float16 autocast is on for ``device``'s type."""
+    kind = device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
 
 
 def _device_of(model: nn.Module) -> torch.device:
