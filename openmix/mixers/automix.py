@@ -29,6 +29,11 @@ both losses, so any classifier works unchanged and inference is the model alone.
 Block's features come from the teacher's first three stages only (the official code runs the
 whole teacher and keeps stage 3), which gives the same features for less work.
 
+**Memory.** The Mix Block's loss reaches the Mix Block only, so the step takes those
+gradients right away and returns a loss whose backward gives the same gradients
+(:meth:`AutoMix._backward_early`): the teacher's activations are freed before the model's
+passes allocate theirs.
+
 Use it like the other model-aware mixers, plus two lines: :meth:`AutoMix.attach` the model
 (builds the teacher and the Mix Block) and put :meth:`AutoMix.param_groups` in the optimizer.
 :class:`~openmix.lightning.MixupClassifier` does both, sets ``total_steps`` and logs the losses.
