@@ -791,3 +791,33 @@ def test_fp16_autocast_leaves_the_mix_block_backward_to_the_caller():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mix_step(model, mixer, x, y)
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize("name", ["samix", "adautomix"])
+def test_lightning_resume_from_a_checkpoint_continues_exactly(tmp_path, name):
+    """Fit 3 epochs (one batch each), or 2, save, and resume for the 3rd: same weights, Mix Block and teacher."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from openmix.lightning import MixupClassifier
+
+    x, y = batch()
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+
+    def fit(epochs: int, ckpt=None, init=None):
+        torch.manual_seed(0)
+        module = MixupClassifier(convnet(), num_classes=NUM_CLASSES, mixer={"name": name}, mix_seed=0,
+                                 scheduler={"name": "none"})
+        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(module, loader, ckpt_path=ckpt)
+        return module, trainer
+
+    straight, _ = fit(3)
+    _, first = fit(2)
+    first.save_checkpoint(tmp_path / "two.ckpt")
+    resumed, _ = fit(3, ckpt=str(tmp_path / "two.ckpt"))
+    after = resumed.state_dict()
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, after[key]) if torch.is_tensor(value) else value == after[key], key
+    assert resumed.mixer._calls == straight.mixer._calls == 3
