@@ -821,3 +821,68 @@ def test_lightning_resume_from_a_checkpoint_continues_exactly(tmp_path, name):
     for key, value in straight.state_dict().items():
         assert torch.equal(value, after[key]) if torch.is_tensor(value) else value == after[key], key
     assert resumed.mixer._calls == straight.mixer._calls == 3
+
+
+# ------------------------------------------------------------------------ published recipes
+@pytest.mark.parametrize("experiment, name, expected, min_lr", [
+    ("cifar100_r18", "automix", {"lam_channel": False, "end_momentum": 0.999999, "lr": None, "min_lr": None}, 0.05),
+    ("cifar100_wrn28_8", "samix", {"lam_scaling": 0.25}, 0.0),
+    ("tinyimagenet_r18", "samix", {"lam_scaling": -1, "lr": 0.1, "min_lr": 0.001}, 0.05),
+    ("imagenet_r50", "automix", {"lam_channel": True, "end_momentum": 0.99999, "mask_loss_anneal": True,
+                                 "lr": 0.1, "min_lr": 0.001}, 0.0),
+    ("imagenet_r50", "mixup", {}, 0.0),
+])
+def test_experiments_carry_the_published_learned_mixer_settings(experiment, name, expected, min_lr):
+    from omegaconf import OmegaConf
+
+    from test_cli import compose_cfg
+
+    cfg = compose_cfg(f"experiment={experiment}", f"mixer={name}")
+    mixer = OmegaConf.to_container(cfg.mixer, resolve=True)
+    assert {key: mixer[key] for key in expected} == expected
+    assert cfg.optim.scheduler.min_lr == min_lr
+    if name != "mixup":
+        openmix.build(**mixer, num_classes=10)  # every setting is one the mixer takes
+
+
+def test_lam_scaling_minus_one_scales_by_lambda_itself():
+    features = torch.randn(4, 8, 2, 2)
+    indices = torch.stack([torch.arange(4), torch.tensor([1, 0, 3, 2])])
+    raw, by_hand = MixBlock(8, lam_scaling=-1), MixBlock(8)
+    by_hand.load_state_dict(raw.state_dict())
+    lam = 0.3  # own features x (1 + lam), the partner's x (1 + (1 - lam))
+    got = raw(features, indices, [lam, 1 - lam], size=(4, 4))
+    own, partner = features * (1 + lam), features[indices[1]] * (2 - lam)
+    logits = (torch.softmax((by_hand.query(own).flatten(2).transpose(1, 2) @ by_hand.query(partner).flatten(2))
+                            / by_hand.inter_channels**0.5, -1) @ by_hand.value(partner).flatten(2).transpose(1, 2))
+    expected = torch.sigmoid(torch.nn.functional.interpolate(logits.view(4, 1, 2, 2), size=(4, 4), mode="nearest"))
+    torch.testing.assert_close(got[:, 1:], expected)
+
+
+def test_mask_loss_anneals_to_zero_over_the_run():
+    mixer = learned("automix", mask_loss_anneal=True, total_steps=100)
+    weights = []
+    for call in (1, 51, 101, 200):
+        mixer._calls = call  # the step being computed is call - 1
+        weights.append(mixer.mask_loss_weight())
+    assert weights[0] == pytest.approx(0.1) and weights[1] == pytest.approx(0.05)
+    assert weights[2] == pytest.approx(0.0, abs=1e-12) and weights[3] == pytest.approx(0.0, abs=1e-12)
+    assert learned("automix", total_steps=100).mask_loss_weight() == 0.1  # off by default
+
+
+def test_classifier_gives_the_mix_block_its_own_cosine_floor():
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from openmix.lightning import MixupClassifier
+
+    x, y = batch()
+    module = MixupClassifier(convnet(), num_classes=NUM_CLASSES, mixer={"name": "automix", "lr": 0.1, "min_lr": 0.001},
+                             mix_seed=0, optimizer={"lr": 0.2}, scheduler={"name": "cosine", "interval": "step"})
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=4))
+    model_group, block_group = trainer.optimizers[0].param_groups
+    # after 4 of 4 steps the cosines sit at their floors: the model's 0, the Mix Block's 0.001
+    assert model_group["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert block_group["lr"] == pytest.approx(0.001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -49,7 +50,8 @@ class MixupClassifier(L.LightningModule):
     A learned mixer (AutoMix, SAMix, AdAutoMix) is attached to the model here (its EMA teacher
     and Mix Block are built and checked against the model), its Mix Block's parameters join the
     optimizer as their own group (``lr`` from the mixer's settings, else the optimizer's; the
-    schedule scales both), and ``total_steps`` for its momentum schedule comes from the trainer.
+    schedule scales both, or, with the mixer's ``min_lr``, the Mix Block follows its own cosine to
+    that floor), and ``total_steps`` for its momentum schedule comes from the trainer.
 
     Logs ``train/loss``, ``train/top1`` (lam-weighted), the terms of a learned mixer's loss
     (``train/online_mix``, ``train/block_mix``, ...), ``val/loss``, ``val/top1``,
@@ -193,8 +195,13 @@ class MixupClassifier(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(cfg.get("betas", (0.9, 0.999))))
         if self.scheduler_cfg["name"] == "none":
             return opt
-        schedule = LRSchedule.for_trainer(self.trainer, self.scheduler_cfg, lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step))
+        schedules = [LRSchedule.for_trainer(self.trainer, self.scheduler_cfg, lr=lr)]
+        if len(params) > 1 and getattr(self.mixer, "min_lr", None) is not None:  # the Mix Block's own cosine floor
+            block_lr = self.mixer.lr if self.mixer.lr is not None else lr
+            schedules.append(dataclasses.replace(schedules[0], name="cosine", milestones=None,
+                                                 min_factor=self.mixer.min_lr / block_lr if block_lr else 0.0))
+        factors = [lambda step, schedule=schedule: schedule(step) for schedule in schedules]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factors if len(factors) > 1 else factors[0])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
-from openmix.checks import check_int, check_number
+from openmix.checks import check_bool, check_int, check_number
 from openmix.losses import decoupled_mixup_loss
 from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.mixers.manifoldmix import feature_stages
@@ -147,6 +147,8 @@ class AutoMix(Mixer):
             ``mixed_samples`` is ``sources``); AutoMix's CIFAR defaults: 2 samples, pair
             attention, shared q/k, 1x1 value, no lambda input, nearest upsampling.
         mask_loss: weight of the mask loss (0.1).
+        mask_loss_anneal: cosine-anneal that weight to 0 over ``total_steps`` (OpenMixup's ImageNet
+            configs); off on CIFAR.
         mask_margin: the mask loss is 0 while ``|mean(own mask) - lam| <= mask_margin`` (0.1).
         mask_variance: subtract ``mask_variance * Var(mask)`` inside the mask loss (SAMix: 2).
         eta: weight of the decoupled (DM) term in the Mix Block's loss,
@@ -161,6 +163,9 @@ class AutoMix(Mixer):
         total_steps: training steps of the run, for the momentum schedule (MixupClassifier
             sets it); ``None`` keeps ``momentum``.
         lr: learning rate of the Mix Block's parameter group; ``None``: the optimizer's.
+        min_lr: the Mix Block's own cosine floor (OpenMixup's Tiny-ImageNet and ImageNet configs:
+            0.001): MixupClassifier gives its group a cosine schedule to ``min_lr``; ``None``: the
+            group follows the model's schedule.
         **kwargs: ``pairing``, ``label_smoothing``, ``seed``, ``same_on_all_ranks`` as for every
             mixer; ``mode`` must be ``"batch"`` and ``prob`` 1 (one ``lam`` per batch, as published).
 
@@ -196,6 +201,7 @@ class AutoMix(Mixer):
         lam_channel: bool = False,
         upsample: str = "nearest",
         mask_loss: float = 0.1,
+        mask_loss_anneal: bool = False,
         mask_margin: float = 0.1,
         mask_variance: float = 0.0,
         eta: float = 0.0,
@@ -206,6 +212,7 @@ class AutoMix(Mixer):
         momentum_hold: float = 0.1,
         total_steps: int | None = None,
         lr: float | None = None,
+        min_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
@@ -241,6 +248,8 @@ class AutoMix(Mixer):
         self.momentum_hold = check_number("momentum_hold", momentum_hold, low=0.0, high=1.0)
         self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, 1)
         self.lr = None if lr is None else check_number("lr", lr, low=0.0)
+        self.min_lr = None if min_lr is None else check_number("min_lr", min_lr, low=0.0)
+        self.mask_loss_anneal = check_bool("mask_loss_anneal", mask_loss_anneal)
         self.mix_block: MixBlock | None = None if in_channels is None else MixBlock(in_channels, **self.block_settings)
         self.teacher: nn.Module | None = None
 
@@ -401,7 +410,14 @@ class AutoMix(Mixer):
         mask = (mean - params["block_lam"][0]).abs().sub(self.mask_margin).clamp(min=0.0)
         if self.mask_variance:
             mask = mask - self.mask_variance * (own - mean).square().mean()
-        return {"block_mix": mix, "block_mask": self.mask_loss * mask}
+        return {"block_mix": mix, "block_mask": self.mask_loss_weight() * mask}
+
+    def mask_loss_weight(self) -> float:
+        """The mask loss weight of the current step: ``mask_loss``, cosine-annealed to 0 with ``mask_loss_anneal``."""
+        if not self.mask_loss_anneal or self.total_steps is None:
+            return self.mask_loss
+        progress = min(max(self._calls - 1, 0) / self.total_steps, 1.0)
+        return self.mask_loss * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
         """The model's terms besides the online mixed batch: the clean batch (no pass when its weight is 0)."""

@@ -75,7 +75,8 @@ class MixBlock(nn.Module):
         value_hidden: ``0``: the value net is one 1x1 conv; ``> 0``: conv(→hidden)-BN-ELU-conv(→1),
             1x1 and without biases (SAMix's ``ConvNeck``).
         lam_scaling: pair attention: scale the features by ``1 + λ'`` and the partner's by
-            ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, lam_scaling)`` (SAMix: 0.25); ``None``: off.
+            ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, lam_scaling)`` (SAMix on CIFAR: 0.25); ``-1``:
+            ``λ' = λ`` (OpenMixup's ``lam_mul_k=-1``: SAMix on Tiny-ImageNet and ImageNet); ``None``: off.
         lam_channel: append a constant channel ``λ`` to each source's features (pair: ``λ`` and
             ``1 - λ``; OpenMixup's ImageNet AutoMix); off on CIFAR.
         upsample: ``"nearest"`` or ``"bilinear"`` upsampling of the logits to the image.
@@ -123,7 +124,8 @@ class MixBlock(nn.Module):
         if attention == "pair" and sources != 2:
             raise ValueError(f"pair attention mixes 2 sources, got sources={sources}; use attention='co'")
         if lam_scaling is not None:
-            check_number("lam_scaling", lam_scaling, low=0.0)
+            if lam_scaling != -1:
+                check_number("lam_scaling", lam_scaling, low=0.0)
             if attention != "pair":
                 raise ValueError("lam_scaling is defined for pair attention (SAMix)")
         self.attention = attention
@@ -180,7 +182,7 @@ class MixBlock(nn.Module):
         """The partner's logits ``(B, 1, h, w)`` from the two sources ``(2, B, C, h, w)``."""
         own, partner = sources[0], sources[1]
         if self.lam_scaling is not None:
-            scaled = rescale_lam(lam[0], self.lam_scaling)
+            scaled = lam[0] if self.lam_scaling == -1 else rescale_lam(lam[0], self.lam_scaling)
             own, partner = own * (1.0 + scaled), partner * (2.0 - scaled)
         batch, _, height, width = own.shape
         value = self.value(partner).flatten(2).transpose(1, 2)  # (B, hw, 1)
