@@ -116,7 +116,9 @@ class AdAutoMix(AutoMix):
         return step % self.adv_every == 0
 
     def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Stage features and logits of the clean batch: one whole teacher pass."""
+        """Stage features and, on adversarial steps (the cosine needs them), logits of the clean batch."""
+        if not self.adversarial(self._calls - 1):
+            return super()._teacher_features(stages, x)
         h = x
         for stage in stages[: self.feature_stage + 1]:
             h = stage(h)
