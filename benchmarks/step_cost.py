@@ -33,8 +33,9 @@ a ``torch.cuda.synchronize()`` on entry and exit on CUDA, which the timed steps 
   transport also given alone; ``saliency``: the extra forward/backward for the input gradient;
 * AlignMix ``sinkhorn``: the Sinkhorn plan (``feature_cost`` + ``sinkhorn``) on aligned steps;
 * AutoMix, SAMix, AdAutoMix: ``mix block`` (its two mask passes) and ``teacher features`` (the
-  teacher's pass on the clean batch: stages 1-3, the whole teacher on AdAutoMix's adversarial steps). The rest of
-  their step is the teacher on the mixed batch with its input gradient, and the model's passes.
+  teacher's pass on the clean batch: stages 1-3; the whole teacher on AdAutoMix's adversarial
+  steps). The rest of their step is the teacher on the mixed batch with its input gradient,
+  and the model's passes.
 
 Shares are of the instrumented step's time; a method row gives its variants' summed part
 times over their summed step times.
