@@ -1,27 +1,37 @@
-"""benchmarks/mixer_speed.py: runs on CPU, and on CUDA times openmix calls under sync debug mode "error"."""
+"""The benchmark scripts run: mixer_speed.py on CPU (and on CUDA it times openmix calls under sync debug
+mode "error"), step_cost.py with the learned mixers, step_memory.py."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "mixer_speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("mixer_speed", PATH)
+@contextlib.contextmanager
+def script(name: str) -> Iterator:
+    """``benchmarks/<name>.py`` imported as a module (registered while in use: dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    with script("mixer_speed") as module:
+        yield module
 
 
 def test_small_cpu_run_prints_a_table(bench, capsys):
@@ -74,15 +84,9 @@ def test_findings_name_each_missed_target(bench):
 
 
 def test_step_cost_times_the_learned_mixers_against_vanilla(capsys):
-    spec = importlib.util.spec_from_file_location("step_cost", PATH.with_name("step_cost.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with script("step_cost") as module:
         out = module.main(["--device", "cpu", "--batch", "2", "--size", "16", "--num-classes", "4", "--repeat", "1",
                            "--warmup", "1", "--parts", "1", "--methods", "vanilla", "automix", "adautomix"])
-    finally:
-        sys.modules.pop(spec.name, None)
     rows = {r.method: r for r in out["cpu"]}
     assert rows["automix"].state_mb > rows["vanilla"].state_mb  # the teacher and the Mix Block are held too
     assert rows["automix"].parts.get("mix block", 0) > 0
@@ -91,10 +95,8 @@ def test_step_cost_times_the_learned_mixers_against_vanilla(capsys):
 
 
 def test_step_memory_runs_each_method_in_its_own_process(capsys):
-    spec = importlib.util.spec_from_file_location("step_memory", PATH.with_name("step_memory.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.main(["--batch", "2", "--methods", "vanilla", "automix"])
+    with script("step_memory") as module:
+        rows = module.main(["--batch", "2", "--methods", "vanilla", "automix"])
     assert [r["method"] for r in rows] == ["vanilla", "automix"]
     assert all(r["step_mb"] >= 0 for r in rows)
     assert "| automix |" in capsys.readouterr().out
