@@ -886,3 +886,10 @@ def test_classifier_gives_the_mix_block_its_own_cosine_floor():
     # after 4 of 4 steps the cosines sit at their floors: the model's 0, the Mix Block's 0.001
     assert model_group["lr"] == pytest.approx(0.0, abs=1e-9)
     assert block_group["lr"] == pytest.approx(0.001)
+
+
+def test_repr_names_the_teacher_instead_of_printing_the_model_again():
+    model, mixer = attached("automix")
+    text = repr(mixer)
+    assert f"teacher=EMA copy of {type(model).__name__}" in text and "(mix_block): MixBlock(" in text
+    assert "stages" not in text  # the model's modules are not listed a second time

@@ -477,6 +477,12 @@ class AutoMix(Mixer):
         fields.update(feature_stage=self.feature_stage, in_channels=self.in_channels)
         return fields
 
+    def __repr__(self) -> str:
+        """The settings and the Mix Block; the teacher by name only (it is a copy of the model)."""
+        teacher = "" if self.teacher is None else f", teacher=EMA copy of {type(self.teacher).__name__}"
+        block = "" if self.mix_block is None else "\n  (mix_block): " + repr(self.mix_block).replace("\n", "\n  ") + "\n"
+        return f"{type(self).__name__}({self.extra_repr()}{teacher}{block})"
+
 
 def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple[int, ...] | None) -> int:
     """Channels of the last of ``stages`` on one zero input (model in eval mode, no gradients)."""
