@@ -893,3 +893,17 @@ def test_repr_names_the_teacher_instead_of_printing_the_model_again():
     text = repr(mixer)
     assert f"teacher=EMA copy of {type(model).__name__}" in text and "(mix_block): MixBlock(" in text
     assert "stages" not in text  # the model's modules are not listed a second time
+
+
+def test_a_refused_batch_leaves_the_teacher_and_the_streams_alone():
+    x, y = batch()
+    model, mixer = attached("automix")
+    mix_step(model, mixer, x, y)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in mixer.teacher.parameters()]
+    with pytest.raises(ValueError):
+        mix_step(model, mixer, x, y[:-1])  # labels for another batch size
+    assert mixer._calls == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, mixer.teacher.parameters()))

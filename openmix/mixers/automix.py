@@ -313,8 +313,8 @@ class AutoMix(Mixer):
 
         teacher, block = self._require_attached()
         stages = feature_stages(teacher, type(self).__name__)
-        self._update_teacher(model)
-        soft, params = self.begin_step(x, y)
+        soft, params = self.begin_step(x, y)  # checks the inputs first: a refused batch leaves the teacher as it is
+        self._update_teacher(model, step=self._calls - 1)
         size = x.shape[-2:]
         with torch.no_grad():
             features, teacher_logits = self._teacher_features(stages, x)
@@ -453,8 +453,8 @@ class AutoMix(Mixer):
         return self.teacher, self.mix_block
 
     @torch.no_grad()
-    def _update_teacher(self, model: nn.Module) -> None:
-        """Step 0: the teacher becomes a copy of ``model``; later steps: one EMA step of the weights."""
+    def _update_teacher(self, model: nn.Module, step: int) -> None:
+        """Step 0: the teacher becomes a copy of ``model``; step ``n``: the EMA update that follows optimizer step ``n - 1``."""
         teacher = self.teacher
         online, frozen = list(model.parameters()), list(teacher.parameters())
         if len(online) != len(frozen) or any(a.shape != b.shape for a, b in zip(online, frozen)):
@@ -462,13 +462,12 @@ class AutoMix(Mixer):
                 f"{type(self).__name__} was attached to another model: its teacher's parameters do not match "
                 f"{type(model).__name__}'s"
             )
-        call = self._calls
-        if call == 0:
+        if step == 0:
             teacher.load_state_dict(model.state_dict())
             return
         if self.momentum >= 1.0:
             return
-        momentum = ema_momentum(call - 1, self.total_steps, self.momentum, self.end_momentum, self.momentum_hold)
+        momentum = ema_momentum(step - 1, self.total_steps, self.momentum, self.end_momentum, self.momentum_hold)
         if momentum < 1.0:
             torch._foreach_lerp_(frozen, online, 1.0 - momentum)
 
