@@ -830,6 +830,7 @@ def test_lightning_resume_from_a_checkpoint_continues_exactly(tmp_path, name):
     ("tinyimagenet_r18", "samix", {"lam_scaling": -1, "lr": 0.1, "min_lr": 0.001}, 0.05),
     ("imagenet_r50", "automix", {"lam_channel": True, "end_momentum": 0.99999, "mask_loss_anneal": True,
                                  "lr": 0.1, "min_lr": 0.001}, 0.0),
+    ("imagenet_r50", "samix", {"lam_scaling": -1, "value_dropout": 0.1, "mask_loss_anneal": True}, 0.0),
     ("imagenet_r50", "mixup", {}, 0.0),
 ])
 def test_experiments_carry_the_published_learned_mixer_settings(experiment, name, expected, min_lr):
@@ -907,3 +908,12 @@ def test_a_refused_batch_leaves_the_teacher_and_the_streams_alone():
         mix_step(model, mixer, x, y[:-1])  # labels for another batch size
     assert mixer._calls == 1
     assert all(torch.equal(a, b) for a, b in zip(before, mixer.teacher.parameters()))
+
+
+def test_samix_value_net_is_half_the_feature_channels_wide_and_takes_dropout():
+    model = convnet()
+    block = learned("samix").attach(model).mix_block
+    assert block.value[0].out_channels == block.in_channels // 2
+    with_dropout = learned("samix", value_dropout=0.1).attach(model).mix_block
+    assert isinstance(with_dropout.value[-1], torch.nn.Dropout) and with_dropout.value[-1].p == 0.1
+    assert not any(isinstance(m, torch.nn.Dropout) for m in block.modules())

@@ -142,7 +142,7 @@ class AutoMix(Mixer):
             (3: layer3 of a ResNet).
         in_channels: the channels the Mix Block expects; ``None``: read from the model by
             :meth:`attach`. Given, a model whose stage has other channels is refused at attach.
-        mixed_samples, attention, qk, reduction, value_hidden, lam_scaling, lam_channel, upsample:
+        mixed_samples, attention, qk, reduction, value_hidden, value_dropout, lam_scaling, lam_channel, upsample:
             the Mix Block's configuration (:class:`~openmix.mixers.mix_block.MixBlock`, where
             ``mixed_samples`` is ``sources``); AutoMix's CIFAR defaults: 2 samples, pair
             attention, shared q/k, 1x1 value, no lambda input, nearest upsampling.
@@ -196,7 +196,8 @@ class AutoMix(Mixer):
         attention: str = "pair",
         qk: str = "shared",
         reduction: int = 2,
-        value_hidden: int = 0,
+        value_hidden: int | None = 0,
+        value_dropout: float = 0.0,
         lam_scaling: float | None = None,
         lam_channel: bool = False,
         upsample: str = "nearest",
@@ -230,6 +231,7 @@ class AutoMix(Mixer):
             "qk": qk,
             "reduction": reduction,
             "value_hidden": value_hidden,
+            "value_dropout": value_dropout,
             "lam_scaling": lam_scaling,
             "lam_channel": lam_channel,
             "upsample": upsample,

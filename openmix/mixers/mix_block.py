@@ -4,16 +4,16 @@ AutoMix (arXiv 2103.13027), SAMix (arXiv 2111.15454) and AdAutoMix (arXiv 2312.1
 generate their masks with this block, in different configurations (OpenMixup's
 ``PixelMixBlock`` and ``AdaptiveMask``, checked against them):
 
-========================  ==============  =====================  ===============
-setting                   AutoMix         SAMix                  AdAutoMix
-========================  ==============  =====================  ===============
-``attention``             ``"pair"``      ``"pair"``             ``"co"``
-``qk``                    ``"shared"``    ``"concat"``           ``"separate"``
-``value_hidden``          0 (1x1 conv)    128 (conv-BN-ELU-conv)  0
-``lam_scaling``           ``None``        0.25                   ``None``
-``upsample``              nearest         bilinear               bilinear
-sources                   2               2                      3
-========================  ==============  =====================  ===============
+================  ============  ========================  ============
+setting           AutoMix       SAMix                     AdAutoMix
+================  ============  ========================  ============
+``attention``     ``"pair"``    ``"pair"``                ``"co"``
+``qk``            ``"shared"``  ``"concat"``              ``"separate"``
+``value_hidden``  0 (1x1 conv)  C/2 (conv-BN-ELU-conv)    0
+``lam_scaling``   ``None``      0.25 (-1 on ImageNet)     ``None``
+``upsample``      nearest       bilinear                  bilinear
+sources           2             2                         3
+================  ============  ========================  ============
 
 **Pair attention** (two sources: the sample and its partner). With ``a``, ``b`` the
 (lambda-encoded) features of the sample and of its partner, the partner's mask logits are
@@ -73,7 +73,9 @@ class MixBlock(nn.Module):
             ``"concat"``; co attention uses separate convs.
         reduction: query/key channels are ``in_channels // reduction``.
         value_hidden: ``0``: the value net is one 1x1 conv; ``> 0``: conv(→hidden)-BN-ELU-conv(→1),
-            1x1 and without biases (SAMix's ``ConvNeck``).
+            1x1 and without biases (SAMix's ``ConvNeck``); ``None``: that net with ``in_channels // 2``
+            hidden channels (SAMix: 128 on a ResNet-18's 256, 512 on a ResNet-50's 1024).
+        value_dropout: dropout on the value net's output (OpenMixup's ImageNet SAMix: 0.1).
         lam_scaling: pair attention: scale the features by ``1 + λ'`` and the partner's by
             ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, lam_scaling)`` (SAMix on CIFAR: 0.25); ``-1``:
             ``λ' = λ`` (OpenMixup's ``lam_mul_k=-1``: SAMix on Tiny-ImageNet and ImageNet); ``None``: off.
@@ -104,7 +106,8 @@ class MixBlock(nn.Module):
         attention: str = "pair",
         qk: str = "shared",
         reduction: int = 2,
-        value_hidden: int = 0,
+        value_hidden: int | None = 0,
+        value_dropout: float = 0.0,
         lam_scaling: float | None = None,
         lam_channel: bool = False,
         upsample: str = "nearest",
@@ -114,7 +117,8 @@ class MixBlock(nn.Module):
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.sources = check_int("sources", sources, 2)
         reduction = check_int("reduction", reduction, 1)
-        value_hidden = check_int("value_hidden", value_hidden, 0)
+        value_hidden = max(in_channels // 2, 1) if value_hidden is None else check_int("value_hidden", value_hidden, 0)
+        check_number("value_dropout", value_dropout, low=0.0, high=1.0, high_open=True)
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if qk not in QK_MODES:
@@ -147,6 +151,8 @@ class MixBlock(nn.Module):
             )
         else:
             self.value = nn.Conv2d(feat, 1, 1)
+        if value_dropout:
+            self.value = nn.Sequential(*(self.value if value_hidden else [self.value]), nn.Dropout(value_dropout))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=init_std)

@@ -6,7 +6,7 @@ configuration, as in OpenMixup's CIFAR SAMix config (checked against the code):
 - **adaptive lambda:** the Mix Block scales the features by ``1 + λ'`` and the partner's by
   ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, 0.25)`` (:func:`~openmix.mixers.mix_block.rescale_lam`);
 - **q/k** from two 1x1 convs, both on the concatenated features (``qk="concat"``);
-- **value net** conv(256→128)-BN-ELU-conv(128→1) (``value_hidden=128``);
+- **value net** conv(C→C/2)-BN-ELU-conv(→1): 256→128→1 on a CIFAR ResNet-18 (``value_hidden=None``);
 - **bilinear** upsampling of the logits (sigmoid after it);
 - **mask loss** ``0.1 * (max(|mean(own mask) - λ| - 0.1, 0) - 2 Var(mask))``: the variance term
   pushes the masks towards 0 and 1.
@@ -40,7 +40,7 @@ class SAMix(AutoMix):
 
     Args:
         See :class:`~openmix.mixers.automix.AutoMix`; only the defaults differ: ``qk="concat"``,
-        ``value_hidden=128``, ``lam_scaling=0.25``, ``upsample="bilinear"``, ``mask_variance=2``,
+        ``value_hidden=None`` (half the channels), ``lam_scaling=0.25``, ``upsample="bilinear"``, ``mask_variance=2``,
         ``eta=0`` (η-balanced loss off, as OpenMixup's config effectively runs).
 
     Example:
@@ -57,7 +57,7 @@ class SAMix(AutoMix):
         num_classes: int | None = None,
         *,
         qk: str = "concat",
-        value_hidden: int = 128,
+        value_hidden: int | None = None,
         lam_scaling: float | None = 0.25,
         upsample: str = "bilinear",
         mask_variance: float = 2.0,
