@@ -58,7 +58,6 @@ from typing import Any, Callable, Iterator
 import torch
 
 import openmix
-import openmix.mixers.adautomix as adautomix_module
 import openmix.mixers.alignmix as alignmix_module
 import openmix.mixers.automix as automix_module
 import openmix.mixers.mix_block as mix_block_module
@@ -173,8 +172,7 @@ def part_timers(device: torch.device) -> Iterator[dict[str, float]]:
         (alignmix_module, "feature_cost", "sinkhorn"),
         (alignmix_module, "sinkhorn", "sinkhorn"),
         (mix_block_module.MixBlock, "forward", "mix block"),
-        (automix_module.AutoMix, "_teacher_features", "teacher features"),
-        (adautomix_module.AdAutoMix, "_teacher_features", "teacher features"),
+        (automix_module.AutoMix, "_teacher_features", "teacher features"),  # SAMix's and AdAutoMix's too
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
 

@@ -115,17 +115,9 @@ class AdAutoMix(AutoMix):
         """Whether the generator is adversarial at (0-based) training step ``step``."""
         return step % self.adv_every == 0
 
-    def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Stage features and, on adversarial steps (the cosine needs them), logits of the clean batch."""
-        if not self.adversarial(self._calls - 1):
-            return super()._teacher_features(stages, x)
-        h = x
-        for stage in stages[: self.feature_stage + 1]:
-            h = stage(h)
-        features = h
-        for stage in stages[self.feature_stage + 1 :]:
-            h = stage(h)
-        return features, self.teacher.forward_head(h)
+    def _needs_teacher_logits(self) -> bool:
+        """The adversarial steps' cosine compares with the teacher's logits of the sources."""
+        return self.adversarial(self._calls - 1)
 
     def _block_losses(
         self, criterion: Criterion, logits: Tensor, target: Tensor, masks: Tensor, params: Params, teacher_logits: Tensor | None

@@ -396,11 +396,20 @@ class AutoMix(Mixer):
         return torch.stack([torch.arange(batch, device=x.device), *partners])
 
     def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The teacher's stage features of the clean batch (and its logits, for variants that need them)."""
+        """The teacher's stage features of the clean batch, and its logits when :meth:`_needs_teacher_logits`."""
         h = x
         for stage in stages[: self.feature_stage + 1]:
             h = stage(h)
-        return h, None
+        if not self._needs_teacher_logits():
+            return h, None
+        features = h
+        for stage in stages[self.feature_stage + 1 :]:
+            h = stage(h)
+        return features, self.teacher.forward_head(h)
+
+    def _needs_teacher_logits(self) -> bool:
+        """Whether this step's losses use the teacher's logits of the clean batch (AutoMix's do not)."""
+        return False
 
     def _block_losses(
         self, criterion: Criterion, logits: Tensor, target: Tensor, masks: Tensor, params: Params, teacher_logits: Tensor | None
