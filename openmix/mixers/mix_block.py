@@ -128,8 +128,8 @@ class MixBlock(nn.Module):
         if attention == "pair" and sources != 2:
             raise ValueError(f"pair attention mixes 2 sources, got sources={sources}; use attention='co'")
         if lam_scaling is not None:
-            if lam_scaling != -1:
-                check_number("lam_scaling", lam_scaling, low=0.0)
+            if check_number("lam_scaling", lam_scaling, low=-1.0) < 0 and lam_scaling != -1:
+                raise ValueError(f"lam_scaling must be >= 0, -1 (lambda itself) or None, got {lam_scaling}")
             if attention != "pair":
                 raise ValueError("lam_scaling is defined for pair attention (SAMix)")
         self.attention = attention
@@ -174,7 +174,7 @@ class MixBlock(nn.Module):
             sources = features.float()[indices]  # (K, B, C, h, w)
             if self.lam_channel:
                 shares = lam if self.attention == "co" else [lam[0], 1.0 - lam[0]]
-                count, batch, _, height, width = sources.shape
+                _, batch, _, height, width = sources.shape
                 planes = torch.stack([sources.new_full((batch, 1, height, width), share) for share in shares])
                 sources = torch.cat([sources, planes], dim=2)
             logits = self._pair_logits(sources, lam) if self.attention == "pair" else self._co_logits(sources)
