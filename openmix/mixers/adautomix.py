@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -97,19 +96,10 @@ class AdAutoMix(AutoMix):
         self.adv_every = check_int("adv_every", adv_every, 1)
         self.linear_weight = check_number("linear_weight", linear_weight, low=0.0, high=1.0)
 
-    def draw_params(self, x: Tensor, draws: Draws) -> Params:
+    def _draw_batches(self, x: Tensor, draws: Draws) -> tuple[Tensor, list[float], Tensor, list[float]]:
         """As AutoMix, but one set of shares for both batches (each with its own partners)."""
         online_index, shares = self._draw_sources(x, draws)
-        block_index = self._draw_partners(x, draws)
-        return {
-            "lam": torch.full((x.shape[0],), shares[0], device=x.device),
-            "index": online_index[1],
-            "batch_lam": shares[0],
-            "block_index": block_index,
-            "block_lam": shares,
-            "online_index": online_index,
-            "online_lam": shares,
-        }
+        return self._draw_partners(x, draws), shares, online_index, shares
 
     def adversarial(self, step: int) -> bool:
         """Whether the generator is adversarial at (0-based) training step ``step``."""
@@ -117,14 +107,14 @@ class AdAutoMix(AutoMix):
 
     def _needs_teacher_logits(self) -> bool:
         """The adversarial steps' cosine compares with the teacher's logits of the sources."""
-        return self.adversarial(self._calls - 1)
+        return self.adversarial(self._step)
 
     def _block_losses(
         self, criterion: Criterion, logits: Tensor, target: Tensor, masks: Tensor, params: Params, teacher_logits: Tensor | None
     ) -> dict[str, Tensor]:
         """``+CE``, or on adversarial steps ``-β CE + (1 - β) S`` (``S``: the λ-weighted logit cosine)."""
         mix = criterion(logits, target)
-        if not self.adversarial(self._calls - 1):
+        if not self.adversarial(self._step):
             return {"block_mix": mix, "block_cosine": mix.new_zeros(())}
         index, shares = params["block_index"], params["block_lam"]
         cosine = sum(share * F.cosine_similarity(logits, teacher_logits[index[k]], dim=-1) for k, share in enumerate(shares))

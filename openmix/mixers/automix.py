@@ -316,7 +316,7 @@ class AutoMix(Mixer):
         teacher, block = self._require_attached()
         stages = feature_stages(teacher, type(self).__name__)
         soft, params = self.begin_step(x, y)  # checks the inputs first: a refused batch leaves the teacher as it is
-        self._update_teacher(model, step=self._calls - 1)
+        self._update_teacher(model, step=self._step)
         size = x.shape[-2:]
         with torch.no_grad():
             features, teacher_logits = self._teacher_features(stages, x)
@@ -347,7 +347,7 @@ class AutoMix(Mixer):
             y=target,
             lam=x.new_full((x.shape[0],), lam[0], dtype=torch.float32),
             index=index[1],
-            mask=online_masks[:, :1].expand(-1, -1, *size) if online_masks.shape[-1] == 1 else online_masks[:, :1],
+            mask=online_masks[:, :1].expand(-1, -1, *size),  # constant masks are (B, K, 1, 1)
             sources=(index.t(), torch.stack([x.new_full((x.shape[0],), share, dtype=torch.float32) for share in lam], 1))
             if len(lam) > 2
             else None,
@@ -360,8 +360,7 @@ class AutoMix(Mixer):
         Each is ``*_index`` ``(K, B)`` (row 0 ``arange(B)``, then partners) and ``*_lam``, the
         ``K`` shares as host floats. ``lam``/``index``/``batch_lam`` repeat the online draw.
         """
-        block_index, block_lam = self._draw_sources(x, draws)
-        online_index, online_lam = self._draw_sources(x, draws)
+        block_index, block_lam, online_index, online_lam = self._draw_batches(x, draws)
         return {
             "lam": torch.full((x.shape[0],), online_lam[0], device=x.device),
             "index": online_index[1],
@@ -373,6 +372,10 @@ class AutoMix(Mixer):
         }
 
     # ------------------------------------------------------------------ the variant's parts
+    def _draw_batches(self, x: Tensor, draws: Draws) -> tuple[Tensor, list[float], Tensor, list[float]]:
+        """``(block_index, block_lam, online_index, online_lam)``: two independent draws of sources."""
+        return (*self._draw_sources(x, draws), *self._draw_sources(x, draws))
+
     def _draw_sources(self, x: Tensor, draws: Draws) -> tuple[Tensor, list[float]]:
         """``K`` samples per mixed sample: ``[arange, partner, ...]`` and their shares.
 
@@ -427,7 +430,7 @@ class AutoMix(Mixer):
         """The mask loss weight of the current step: ``mask_loss``, cosine-annealed to 0 with ``mask_loss_anneal``."""
         if not self.mask_loss_anneal or self.total_steps is None:
             return self.mask_loss
-        progress = min(max(self._calls - 1, 0) / self.total_steps, 1.0)
+        progress = min(max(self._step, 0) / self.total_steps, 1.0)
         return self.mask_loss * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
@@ -437,6 +440,11 @@ class AutoMix(Mixer):
         return {"online_clean": self.clean_weight * criterion(model(x), soft)}
 
     # ------------------------------------------------------------------ internals
+    @property
+    def _step(self) -> int:
+        """The 0-based index of the step being computed (inside a step, after its draw; -1 before any)."""
+        return self._calls - 1
+
     def _backward_early(self, block_loss: Tensor) -> Tensor:
         """``block_loss`` with its gradients taken now: its value, and a surrogate with the same Mix Block gradients.
 
