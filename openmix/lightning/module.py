@@ -182,7 +182,8 @@ class MixupClassifier(L.LightningModule):
         cfg = dict(self.optimizer_cfg)
         name, lr, wd = cfg.pop("name"), float(cfg.pop("lr")), float(cfg.pop("weight_decay", 0.0))
         params: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
-        if self.mixer is not None and self.mixer.kind == "learned":
+        learned = self.mixer is not None and self.mixer.kind == "learned"
+        if learned:
             params += self.mixer.param_groups()  # the Mix Block, with its own lr when set
             # the teacher's momentum schedule counts training steps (micro-batches under accumulation)
             total = self.trainer.estimated_stepping_batches
@@ -196,7 +197,7 @@ class MixupClassifier(L.LightningModule):
         if self.scheduler_cfg["name"] == "none":
             return opt
         schedules = [LRSchedule.for_trainer(self.trainer, self.scheduler_cfg, lr=lr)]
-        if len(params) > 1 and getattr(self.mixer, "min_lr", None) is not None:  # the Mix Block's own cosine floor
+        if learned and self.mixer.min_lr is not None:  # the Mix Block's own cosine floor
             block_lr = self.mixer.lr if self.mixer.lr is not None else lr
             schedules.append(dataclasses.replace(schedules[0], name="cosine", milestones=None,
                                                  min_factor=self.mixer.min_lr / block_lr if block_lr else 0.0))
