@@ -348,20 +348,11 @@ def test_registered_as_a_feature_mixer_with_a_repr():
 
 def test_step_cost_benchmark_prints_a_table(capsys):
     """benchmarks/step_cost.py on a tiny model: every method and variant gets a row."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from test_benchmark import script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
-    spec = importlib.util.spec_from_file_location("step_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(bench)
+    with script("step_cost") as bench:
         rows = bench.main(["--device", "cpu", "--model", "small_convnet", "--batch", "4", "--size", "8",
                            "--repeat", "1", "--warmup", "1", "--parts", "1"])["cpu"]
-    finally:
-        sys.modules.pop(spec.name, None)
     assert [(r.method, r.variant) for r in rows] == [
         ("vanilla", ""), ("mixup", ""), ("puzzlemix", "G=2"), ("puzzlemix", "G=4"), ("puzzlemix", "G=8"),
         ("alignmix", "aligned"), ("alignmix", "input mixup"),
