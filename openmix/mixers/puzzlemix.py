@@ -89,7 +89,7 @@ from openmix.mixer import Draws, Mixer, Params, gather_partner
 from openmix.output import MixOutput
 from openmix.registry import register
 from openmix.sampling import host_coin
-from openmix.targets import mix_targets, soft_targets
+from openmix.targets import soft_targets
 
 if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
     from openmix.training import StepResult

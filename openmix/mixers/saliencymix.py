@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
