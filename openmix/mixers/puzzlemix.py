@@ -422,7 +422,7 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
     rows = theta[:, :, 0]  # (C, L, B, R)
     torch.mul(u.permute(3, 0, 1, 2), 0.5, out=rows)
     damping = unary.new_full((1, 1, batch, 1), omega)
-    kept = kept_bound = None
+    kept_rows = kept_step = kept_bound = None
     for it in range(iters + 1):
         torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=theta[:, :, 1])
         torch.index_select(theta, 0, reverse, out=both[1])
@@ -431,21 +431,20 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
         bound = out[0, -1].amin(0).sum((0, 2))
         if it == iters:
             break
-        marg_rows = marg[:, :, 0]  # (C, L, B, R)
-        step = marg[:, :, 1].permute(3, 1, 2, 0) - marg_rows  # the columns' min-marginals, rows' layout
-        # state: the rows' unaries and the step direction; a per-block constant carries no
-        # information, and left in the direction it grows ~G-fold per iteration
-        state = torch.stack([rows, step - step[:, :1]])
-        if kept is None:
-            kept, kept_bound = state, bound
+        step = marg[:, :, 1].permute(3, 1, 2, 0) - marg[:, :, 0]  # columns' minus rows' min-marginals, rows' layout (C, L, B, R)
+        # a per-block constant carries no information, and left in the step it grows ~G-fold per iteration
+        step = step - step[:, :1]
+        if kept_bound is None:  # the last accepted rows' unaries and step direction
+            kept_rows, kept_step, kept_bound = rows.clone(), step, bound
         else:  # undo the step of the samples whose bound dropped, and halve their damping
-            state[1].add_(kept[1], alpha=momentum)  # heavy-ball momentum along the last accepted direction
+            step.add_(kept_step, alpha=momentum)  # heavy-ball momentum along the last accepted direction
             ok = bound >= kept_bound
-            kept = torch.where(ok.view(1, 1, 1, batch, 1), state, kept)
+            kept_rows = torch.where(ok.view(1, 1, batch, 1), rows, kept_rows)
+            kept_step = torch.where(ok.view(1, 1, batch, 1), step, kept_step)
             kept_bound = torch.where(ok, bound, kept_bound)
             damping = torch.where(ok.view(1, 1, batch, 1), (damping * 1.25).clamp_(max=1.0), damping * 0.5)
-        torch.addcmul(kept[0], kept[1], damping, value=0.5, out=rows)
-    if kept is not None:
+        torch.addcmul(kept_rows, kept_step, damping, value=0.5, out=rows)
+    if kept_bound is not None:
         bound = torch.maximum(bound, kept_bound)
 
     by_rows, by_cols = _decode_lines(theta, out, marg, weights, table, w_v, w_h)
