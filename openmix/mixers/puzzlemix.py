@@ -393,9 +393,11 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
                 momentum: float = 0.3) -> tuple[Tensor, Tensor]:
     """Row/column chain dual decomposition with min-marginal averaging, then decoding and ICM.
 
-    The two chain families share one tensor ``(P, L, 2, B, G)`` (position, label, family,
-    sample, chain): family 0 = rows (position = column), family 1 = columns (position = row);
-    a second copy holds it reversed along the positions for the backward pass.
+    The two chain families share one tensor ``(P, L, 2, G, B)`` (position, label, family,
+    chain, sample): family 0 = rows (position = column), family 1 = columns (position = row);
+    a second copy holds it reversed along the positions for the backward pass. The sample
+    is the innermost axis, so that swapping the families' position and chain axes moves
+    contiguous runs of ``B`` and the per-sample steps broadcast along it.
 
     The averaging step carries heavy-ball ``momentum`` and is damped per sample: a step that
     lowers the sample's dual bound is undone and its damping halved, an accepted one lets
@@ -408,30 +410,30 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
     unary, w_v, w_h = problem
     batch, grid, _, n_labels = unary.shape
     scale = 1.0 / (n_labels - 1) ** 2
-    u = unary.permute(3, 0, 1, 2).contiguous()  # (L, B, R, C)
-    u_cols = u.permute(2, 0, 1, 3)  # (R, L, B, C): the columns' layout
-    weights = torch.stack([w_h.permute(2, 0, 1), w_v.permute(1, 0, 2)], 1)  # (G-1, family, B, chain): along the chains
+    u = unary.permute(3, 0, 1, 2).contiguous()  # (L, B, R, C), for the energies and ICM
+    u_cols = unary.permute(1, 3, 2, 0).contiguous()  # (R, L, C, B): the columns' layout
+    weights = torch.stack([w_h.permute(2, 1, 0), w_v.permute(1, 2, 0)], 1)  # (G-1, family, chain, B): along the chains
     levels = torch.arange(n_labels, device=unary.device, dtype=unary.dtype)
     table = (levels.view(-1, 1) - levels.view(1, -1)).square() * scale
     pair = weights.reshape(grid - 1, 1, 1, -1) * table.view(1, n_labels, n_labels, 1)
     pairs = torch.stack([pair, pair.flip(0)], 1)  # forward and reversed chains
     reverse = torch.arange(grid - 1, -1, -1, device=unary.device)
 
-    both = torch.empty(2, grid, n_labels, 2, batch, grid, dtype=unary.dtype, device=unary.device)
+    both = torch.empty(2, grid, n_labels, 2, grid, batch, dtype=unary.dtype, device=unary.device)
     theta = both[0]  # the families' shares of the unaries, half each to start
-    rows = theta[:, :, 0]  # (C, L, B, R)
-    torch.mul(u.permute(3, 0, 1, 2), 0.5, out=rows)
-    damping = unary.new_full((1, 1, batch, 1), omega)
+    rows = theta[:, :, 0]  # (C, L, R, B)
+    torch.mul(unary.permute(2, 3, 1, 0), 0.5, out=rows)
+    damping = unary.new_full((1, 1, 1, batch), omega)
     kept_rows = kept_step = kept_bound = None
     for it in range(iters + 1):
-        torch.sub(u_cols, rows.permute(3, 1, 2, 0), out=theta[:, :, 1])
+        torch.sub(u_cols, rows.permute(2, 1, 0, 3), out=theta[:, :, 1])
         torch.index_select(theta, 0, reverse, out=both[1])
         out = _chain_scans(both.view(2, grid, n_labels, -1), pairs).view_as(both)
         marg = out[0] + out[1].index_select(0, reverse) - theta
-        bound = out[0, -1].amin(0).sum((0, 2))
+        bound = out[0, -1].amin(0).sum((0, 1))
         if it == iters:
             break
-        step = marg[:, :, 1].permute(3, 1, 2, 0) - marg[:, :, 0]  # columns' minus rows' min-marginals, rows' layout (C, L, B, R)
+        step = marg[:, :, 1].permute(2, 1, 0, 3) - marg[:, :, 0]  # columns' minus rows' min-marginals, rows' layout (C, L, R, B)
         # a per-block constant carries no information, and left in the step it grows ~G-fold per iteration
         step = step - step[:, :1]
         if kept_bound is None:  # the last accepted rows' unaries and step direction
@@ -439,10 +441,11 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
         else:  # undo the step of the samples whose bound dropped, and halve their damping
             step.add_(kept_step, alpha=momentum)  # heavy-ball momentum along the last accepted direction
             ok = bound >= kept_bound
-            kept_rows = torch.where(ok.view(1, 1, batch, 1), rows, kept_rows)
-            kept_step = torch.where(ok.view(1, 1, batch, 1), step, kept_step)
             kept_bound = torch.where(ok, bound, kept_bound)
-            damping = torch.where(ok.view(1, 1, batch, 1), (damping * 1.25).clamp_(max=1.0), damping * 0.5)
+            ok = ok.view(1, 1, 1, batch)
+            kept_rows = torch.where(ok, rows, kept_rows)
+            kept_step = torch.where(ok, step, kept_step)
+            damping = torch.where(ok, (damping * 1.25).clamp_(max=1.0), damping * 0.5)
         torch.addcmul(kept_rows, kept_step, damping, value=0.5, out=rows)
     if kept_bound is not None:
         bound = torch.maximum(bound, kept_bound)
@@ -467,17 +470,17 @@ def _decode_lines(theta: Tensor, out: Tensor, marg: Tensor, weights: Tensor, tab
     nearly tie takes one of them whole; averaged min-marginals, which label each block
     alone, mixed the two there.
 
-    ``theta``, ``out``, ``marg`` are :func:`_solve_dual`'s ``(P, L, 2, B, G)`` layouts;
-    ``weights`` ``(G-1, 2, B, G)`` the edges along each family's chains; ``table`` ``(L, L)``.
+    ``theta``, ``out``, ``marg`` are :func:`_solve_dual`'s ``(P, L, 2, G, B)`` layouts;
+    ``weights`` ``(G-1, 2, G, B)`` the edges along each family's chains; ``table`` ``(L, L)``.
     """
-    grid, n_labels, _, batch, _ = theta.shape
+    grid, n_labels, _, _, batch = theta.shape
     middle = grid // 2
     # the other family's messages per line: forward before the middle line, min-marginals on it,
     # backward after it; in the decoded family's layout (position, line, family x B, L)
     backward = out[1].index_select(0, torch.arange(grid - 2 - middle, -1, -1, device=theta.device))
     messages = torch.cat([out[0, :middle], marg[middle : middle + 1], backward]).flip(2)
-    base = (theta.permute(0, 4, 2, 3, 1) + messages.permute(4, 0, 2, 3, 1)).reshape(grid, grid, 2 * batch, n_labels)
-    along = weights.permute(0, 3, 1, 2).reshape(grid - 1, grid, 2 * batch, 1, 1)  # (G-1, line, 2B): edge weights along the lines
+    base = (theta.permute(0, 3, 2, 4, 1) + messages.permute(3, 0, 2, 4, 1)).reshape(grid, grid, 2 * batch, n_labels)
+    along = weights.transpose(1, 2).reshape(grid - 1, grid, 2 * batch, 1, 1)  # (G-1, line, 2B): edge weights along the lines
     across = torch.stack([w_v.permute(2, 1, 0), w_h.permute(1, 2, 0)], 2).reshape(grid, grid - 1, 2 * batch)
     labels = torch.empty(grid, grid, 2 * batch, dtype=torch.long, device=theta.device)  # (position, line, 2B)
     labels[:, middle] = _viterbi(base[:, middle], along[:, middle] * table)
