@@ -45,9 +45,9 @@ no host-device synchronisation:
   given the row fixed next to it and the column chains' messages from the other side;
   the same by columns; the lower energy of the two is kept and a sweep of block ICM
   (every row, then every column, re-solved exactly given its neighbours) polishes it.
-  (Labelling each block by its own averaged min-marginals, as before, mixes two nearly
-  tied labellings of a large region; on input-gradient saliency at G = 16 it left the
-  masks 0.016% above the official graph cut's energy on average, line decoding 0.0015%.)
+  (Labelling each block by its own averaged min-marginals instead mixes two nearly tied
+  labellings of a large region: on input-gradient saliency at G = 16 that left the masks
+  0.016% above the official graph cut's energy on average, line decoding 0.0015%.)
   The pairwise term
   ``w (l - l')^2`` with ``w >= 0`` is submodular on the ordered labels, so the LP
   relaxation this dual bounds is tight, and the dual value certifies how close a
@@ -457,7 +457,7 @@ def _solve_dual(problem: PuzzleProblem, iters: int, omega: float, sweeps: int = 
 
 
 def _decode_lines(theta: Tensor, out: Tensor, marg: Tensor, weights: Tensor, table: Tensor, w_v: Tensor,
-                  w_h: Tensor) -> Tensor:
+                  w_h: Tensor) -> tuple[Tensor, Tensor]:
     """Two labellings ``(B, R, C)`` of the final dual, decoded by rows and by columns.
 
     Line decoding (as in TRW-S, a line at a time): the middle row is solved exactly as a
