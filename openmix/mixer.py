@@ -15,6 +15,7 @@ rank 0 resumes every rank on its own stream, exactly where an uninterrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -334,3 +335,10 @@ def gather_partner(x: Tensor, index: Tensor) -> Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return x[index]
     return torch.index_select(x, 0, index, out=torch.empty_like(x))
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (a no-op context where autocast does not exist, e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

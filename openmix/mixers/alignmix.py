@@ -30,7 +30,6 @@ Gradients reach the model through both feature maps; the plan carries none.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.checks import check_int, check_number, wrapped_model_hint
-from openmix.mixer import Draws, Mixer, Params, gather_partner
+from openmix.mixer import Draws, Mixer, Params, gather_partner, no_autocast
 from openmix.mixers.manifoldmix import mix_hidden
 from openmix.output import MixOutput
 from openmix.registry import register
@@ -126,7 +125,7 @@ def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0
         cost = cost.unsqueeze(0)
     batch, rows, cols = cost.shape
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    with _no_autocast(cost.device):
+    with no_autocast(cost.device):
         log_k = cost.detach().to(dtype).div(-eps)  # (B, N, M): -cost / eps
         log_mu, log_nu = math.log(1.0 / rows + _MARGINAL_EPS), math.log(1.0 / cols + _MARGINAL_EPS)
         # With f = u / eps, g = v / eps, the official updates are f = log_mu - lse_j(K + g) and
@@ -162,13 +161,6 @@ def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0
     return plan[0] if single else plan
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device`` (a no-op context where autocast does not exist, e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _changes(p_all: Tensor, first: int, last: int) -> Tensor:
     """``sum_(b, i) |p - p_prev|`` of iterations ``first + 1 .. last``, ``(last - first,)``."""
     return (p_all[first + 1 : last + 1] - p_all[first:last]).abs_().sum((1, 2))
@@ -187,7 +179,7 @@ def feature_cost(a: Tensor, b: Tensor) -> Tensor:
                  [4.]]])
     """
     # no autocast: a bf16/fp16 product would err by ~1 on costs of hundreds, i.e. ~10 in cost / eps
-    with torch.no_grad(), _no_autocast(a.device):
+    with torch.no_grad(), no_autocast(a.device):
         dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
         a, b = a.detach().to(dtype), b.detach().to(dtype)
         cross = torch.bmm(a.transpose(1, 2), b)  # (B, N, M)

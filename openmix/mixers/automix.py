@@ -524,7 +524,7 @@ def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple
 def _fp16_autocast(device: torch.device) -> bool:
     """Whether float16 autocast is on for ``device``'s type."""
     kind = device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.checks import check_int, check_number
+from openmix.mixer import no_autocast
 
 __all__ = ["MixBlock", "rescale_lam"]
 
@@ -170,7 +171,7 @@ class MixBlock(nn.Module):
         lam = [float(share) for share in lam]
         if len(lam) != self.sources:
             raise ValueError(f"lam must hold {self.sources} shares, got {len(lam)}")
-        with torch.autocast(features.device.type, enabled=False):
+        with no_autocast(features.device):
             sources = features.float()[indices]  # (K, B, C, h, w)
             if self.lam_channel:
                 shares = lam if self.attention == "co" else [lam[0], 1.0 - lam[0]]
