@@ -1,0 +1,62 @@
+"""No mixer reads a tensor value on the host: each one's whole step runs on the ``meta`` device.
+
+A meta tensor has a shape and no data, so ``.item()``, ``bool(t)``, ``nonzero``, boolean
+masks, ``.cpu()`` and data-dependent shapes raise on it. These are the host reads that
+make a CUDA step wait on the device; this file checks, on CI's CPU, the code path the
+GPU takes (``tests/test_cuda.py`` checks the real thing under
+``set_sync_debug_mode("error")`` where a GPU is present). Mixers are built unseeded:
+seeded draws use a per-device generator, which ``meta`` does not have.
+"""
+
+import pytest
+import torch
+
+import openmix
+from helpers import INPUT_MIXERS, MODES
+from openmix.models import create_model
+from openmix.training import mix_step
+
+MODEL_AWARE = sorted(set(openmix.available()) - set(INPUT_MIXERS))
+NUM_CLASSES = 10
+
+
+def meta_batch(channels: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty(16, channels, size, size, device="meta"), torch.zeros(16, dtype=torch.long, device="meta")
+
+
+def test_meta_tensors_refuse_host_reads():
+    t = torch.empty(4, device="meta")
+    for read in (lambda: t.sum().item(), lambda: bool(t.sum() > 0), lambda: t.nonzero(), lambda: t[t > 0]):
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            read()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_input_mixer_call_reads_nothing_on_the_host(name, mode):
+    x, y = meta_batch()
+    out = openmix.build(name, num_classes=NUM_CLASSES, mode=mode)(x, y)
+    assert out.x.device.type == "meta" and out.y.shape == (16, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("grid", [2, 4, 8, 16])
+def test_puzzlemix_mixing_reads_nothing_on_the_host(grid):
+    x, y = meta_batch()
+    out = openmix.build("puzzlemix", num_classes=NUM_CLASSES, block_nums=(grid,))(x, y, saliency=torch.empty(16, 32, 32, device="meta"))
+    assert out.x.shape == x.shape and out.mask.shape == (16, 1, 32, 32) and out.lam.shape == (16,)
+
+
+@pytest.mark.parametrize("name", MODEL_AWARE)
+def test_model_aware_training_step_reads_nothing_on_the_host(name):
+    model = create_model("small_convnet", num_classes=NUM_CLASSES, in_chans=1)
+    mixer = openmix.build(name, num_classes=NUM_CLASSES)
+    if mixer.kind == "learned":
+        mixer.attach(model)
+        mixer.to("meta")
+    model.to("meta")
+    x, y = meta_batch(channels=1)
+    for _ in range(2):  # AdAutoMix alternates adversarial and cooperative steps
+        step = mix_step(model, mixer, x, y)
+        step.loss.backward()
+    assert step.logits.device.type == "meta"
+    assert all(p.grad is not None for p in model.parameters())
