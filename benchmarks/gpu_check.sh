@@ -4,7 +4,8 @@
 #      CPU/CUDA agreement, a training step) and the mixer contract tests;
 #   2. the mixer benchmark on CUDA, every openmix call inside set_sync_debug_mode("error");
 #   3. a short Fashion-MNIST training on the GPU-resident data path, reporting images/s;
-#   4. the training-step cost of the model-aware and learned mixers on CUDA (time and peak memory).
+#   4. the training-step cost of the model-aware and learned mixers on CUDA (time and peak memory);
+#   5. PuzzleMix's mask solver and transport alone on CUDA, per grid side.
 # Output: benchmarks/results/gpu_check_<device>.md (or under $OUT when set, as on the device machine).
 # Needs openmix installed (`pip install -e ".[dev]"`, or PYTHONPATH) and, for step 3, Fashion-MNIST
 # (Debian's dataset-fashion-mnist, or FMNIST_ROOT pointing at the IDX files).
@@ -45,5 +46,10 @@ runs=$(mktemp -d)
   echo
   timeout 150 python benchmarks/step_cost.py --device cuda --repeat 10 --markdown "$runs/steps.md" >/dev/null \
     2>"$runs/steps.err" && cat "$runs/steps.md" || { echo "FAILED:"; echo '```'; tail -n 30 "$runs/steps.err"; echo '```'; }
+  echo
+  echo "## 5. PuzzleMix solver and transport on CUDA (python benchmarks/puzzlemix_solver.py --device cuda)"
+  echo '```'
+  timeout 60 python benchmarks/puzzlemix_solver.py --device cuda --repeats 9 2>&1 | tail -n 9
+  echo '```'
 } 2>&1 | tee "$report"
 echo "wrote $report"
