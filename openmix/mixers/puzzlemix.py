@@ -505,8 +505,8 @@ def _lines(t: Tensor, lines: Sequence[int]) -> Tensor:
     return t[:, first : last + 1 : last - first]
 
 
-def _viterbi(unary: Tensor, along: Sequence[Tensor]) -> Tensor:
-    """Exact chain minimisers: ``unary`` ``(P, ..., L)`` along the first axis, ``along[t]`` ``(..., L, L)``
+def _viterbi(unary: Tensor, along: Tensor) -> Tensor:
+    """Exact chain minimisers: ``unary`` ``(P, ..., L)`` along the first axis, ``along`` ``(P-1, ..., L, L)``
     the (symmetric) edge costs between positions ``t`` and ``t+1``, broadcast over the middle axes.
     Returns the labels ``(P, ...)``."""
     cost, back = unary[0], []
