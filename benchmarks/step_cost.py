@@ -58,10 +58,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 import openmix
+import openmix.layers.mix_block as mix_block_module
 import openmix.mixers.alignmix as alignmix_module
 import openmix.mixers.automix as automix_module
-import openmix.mixers.mix_block as mix_block_module
 import openmix.mixers.puzzlemix as puzzlemix_module
+from openmix.model_mixer import LearnedMixer
 from openmix.models import create_model
 from openmix.training import mix_step
 
@@ -145,7 +146,7 @@ def state_mb(model: torch.nn.Module, mixer: Any) -> float:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     total = 3 * size(model.parameters()) + size(model.buffers())
-    if getattr(mixer, "kind", None) == "learned":
+    if isinstance(mixer, LearnedMixer):
         total += size(mixer.teacher.parameters()) + size(mixer.teacher.buffers())
         total += 3 * size(mixer.mix_block.parameters()) + size(mixer.mix_block.buffers())
     return total / 2**20

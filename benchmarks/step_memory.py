@@ -29,6 +29,7 @@ def measure(method: str, plain: bool, batch: int, model: str) -> dict:
     import torch
 
     import openmix
+    from openmix.model_mixer import LearnedMixer
     from openmix.models import create_model
     from openmix.training import mix_step
 
@@ -36,7 +37,7 @@ def measure(method: str, plain: bool, batch: int, model: str) -> dict:
     net = create_model(model, num_classes=100)
     x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 100, (batch,))
     mixer = None if method == "vanilla" else openmix.build(method, num_classes=100, seed=0)
-    if mixer is not None and mixer.kind == "learned":
+    if isinstance(mixer, LearnedMixer):
         mixer.attach(net)
         if plain:
             mixer._backward_early = lambda loss: loss

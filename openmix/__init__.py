@@ -8,9 +8,24 @@ Example:
 """
 
 from openmix import losses, mixers, sampling, targets
-from openmix.mixer import Mixer
-from openmix.output import MixOutput
+from openmix.mixer import DataInfo, Mixer
+from openmix.model_mixer import LearnedMixer, ModelMixer
+from openmix.output import MixOutput, StepResult
 from openmix.registry import available, build, register
 
-__all__ = ["Mixer", "MixOutput", "build", "available", "register", "losses", "mixers", "sampling", "targets"]
+__all__ = [
+    "Mixer",
+    "ModelMixer",
+    "LearnedMixer",
+    "MixOutput",
+    "StepResult",
+    "DataInfo",
+    "build",
+    "available",
+    "register",
+    "losses",
+    "mixers",
+    "sampling",
+    "targets",
+]
 __version__ = "0.1.0"

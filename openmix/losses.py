@@ -6,7 +6,7 @@ Logits are ``(B, C)``; targets are class ids ``(B,)`` or soft targets ``(B, C)``
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ __all__ = [
     "mixup_cross_entropy",
     "binary_cross_entropy",
     "decoupled_mixup_loss",
+    "softmax_bce",
+    "model_mixer_loss",
+    "MODEL_MIXER_LOSSES",
     "SoftTargetCrossEntropy",
     "MixupCrossEntropy",
     "BinaryCrossEntropy",
@@ -26,8 +29,10 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
+MODEL_MIXER_LOSSES = ("soft_ce", "bce")
 Lam = Union[float, Tensor]
 MixedTarget = Union[Tensor, MixOutput, Sequence]
+Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -163,6 +168,67 @@ def decoupled_mixup_loss(
         regulariser = -(share * decoupled).sum(-1) * (mixed.sum(-1) >= 2)
         loss = loss + eta * regulariser
     return _reduce(loss, reduction)
+
+
+def softmax_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """``nn.BCELoss()(softmax(logits), target)``: the official loss of Manifold Mixup and PuzzleMix, computed stably.
+
+    Binary cross-entropy of every class probability ``p_c`` against the soft target, averaged over
+    ``B * C`` terms, each log clamped at ``-100`` as ``nn.BCELoss`` does. ``log p_c`` is the
+    log-softmax and ``log(1 - p_c)`` the log-sum-exp of the *other* logits minus that of all, so
+    neither the value nor the gradient breaks where ``p_c`` rounds to 1 (``log1p(-p)`` of a
+    float32 softmax gives NaN gradients from logits ``[20, 0, 0, 0]`` on). In float32, also under
+    autocast.
+
+    Example:
+        >>> round(float(softmax_bce(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))), 4)  # -log(0.5)
+        0.6931
+        >>> logits = torch.tensor([[20.0, 0.0, 0.0, 0.0]], requires_grad=True)
+        >>> softmax_bce(logits, torch.tensor([[0.5, 0.5, 0.0, 0.0]])).backward()
+        >>> bool(logits.grad.isfinite().all())
+        True
+    """
+    _check_target(logits, target)
+    z = logits.float()
+    log_p = F.log_softmax(z, dim=-1)
+    log_not_p = _log_one_minus_softmax(z)
+    target = target.to(z.dtype) if target.ndim == 2 else F.one_hot(target, z.shape[-1]).to(z.dtype)
+    return -(target * log_p.clamp_min(-100.0) + (1.0 - target) * log_not_p.clamp_min(-100.0)).mean()
+
+
+def _log_one_minus_softmax(z: Tensor) -> Tensor:
+    """``log(1 - softmax(z))`` along the last axis, without cancellation.
+
+    With ``e = exp(z - max)`` and ``S = sum(e) >= 1``: for a class other than the largest,
+    ``1 - p = (S - e_c) / S`` where ``S - e_c >= 1`` (it holds the largest's 1); for the largest,
+    ``log(1 - p)`` is the log-sum-exp of the other logits minus that of all.
+    """
+    if z.shape[-1] == 1:  # one class: p = 1, and BCELoss's clamp gives -100 with no gradient
+        return torch.full_like(z, float("-inf"))
+    top = z.argmax(-1, keepdim=True)
+    is_top = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, top, True)
+    peak = z.gather(-1, top)
+    e = (z - peak).exp()
+    total = e.sum(-1, keepdim=True)
+    others_of_top = z.masked_fill(is_top, float("-inf")).logsumexp(-1, keepdim=True) - peak
+    rest = torch.where(is_top, others_of_top, (total - e).masked_fill(is_top, 1.0).log())
+    return rest - total.log()
+
+
+def model_mixer_loss(name: str, criterion: Criterion) -> Criterion:
+    """The loss a model-aware mixer's ``loss`` option names: ``"soft_ce"``, the trainer's
+    ``criterion`` (OpenMixup); ``"bce"``, :func:`softmax_bce` (the official Manifold Mixup and
+    PuzzleMix code).
+
+    Example:
+        >>> model_mixer_loss("bce", soft_cross_entropy) is softmax_bce
+        True
+    """
+    if name == "soft_ce":
+        return criterion
+    if name == "bce":
+        return softmax_bce
+    raise ValueError(f"loss must be one of {MODEL_MIXER_LOSSES}, got {name!r}")
 
 
 class _Loss(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -28,7 +29,7 @@ from openmix.output import MixOutput
 from openmix.sampling import PAIRINGS, beta, host_beta, host_coin, partner_index, stream_seed
 from openmix.targets import mix_targets, soft_targets
 
-__all__ = ["Mixer", "Draws", "blend", "gather_partner", "MODES"]
+__all__ = ["Mixer", "Draws", "DataInfo", "blend", "mix_hidden", "gather_partner", "MODES"]
 
 Params = dict[str, Any]  # tensors, and host numbers for per-batch draws
 MODES = ("batch", "elem")
@@ -43,6 +44,38 @@ class Draws(NamedTuple):
     """Per-sample draws, on the input's device."""
     host: torch.Generator | None
     """Per-batch draws (the ``prob`` coin, batch-mode ``lam``, one shared box): a CPU generator."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the data tells a mixer before training (see :meth:`Mixer.configure_data`).
+
+    Attributes:
+        mean, std: the per-channel normalisation of the inputs (``None``: inputs in ``[0, 1]``).
+        image_size: the side of the (square) training images, or ``None`` when not known.
+        in_chans: input channels.
+        num_classes: number of classes.
+
+    Example:
+        >>> DataInfo(mean=(0.5,), std=(0.25,), image_size=28, in_chans=1, num_classes=10).image_size
+        28
+    """
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    image_size: int | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+
+    @classmethod
+    def of(cls, datamodule: Any) -> "DataInfo":
+        """The facts an openmix datamodule (or any object with these attributes) knows before ``setup()``."""
+
+        def read(name: str) -> Any:
+            value = getattr(datamodule, name, None)
+            return tuple(float(v) for v in value) if name in ("mean", "std") and value is not None else value
+
+        return cls(**{name: read(name) for name in ("mean", "std", "image_size", "in_chans", "num_classes")})
 
 
 class Mixer(nn.Module):
@@ -178,19 +211,13 @@ class Mixer(nn.Module):
         """
         raise NotImplementedError
 
-    def needs_model(self, what: str) -> TypeError:
-        """The error ``forward`` of a model-aware mixer raises: it mixes ``what`` of the model."""
-        return TypeError(
-            f"{type(self).__name__} mixes {what}, so it needs the model: train with "
-            "openmix.training.mix_step(model, mixer, x, y) (it calls mixer.training_step) or "
-            "openmix.lightning.MixupClassifier"
-        )
+    def configure_data(self, data: DataInfo) -> None:
+        """Take from the data what this mixer left unset (normalisation, image size); a no-op here.
 
-    def begin_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Params]:
-        """The start of a model-aware ``training_step``: check ``x``, soft targets ``(B, C)``, this call's draws."""
-        self.check_inputs(x)
-        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
-        return soft, self.sample_params(x)
+        :class:`~openmix.lightning.MixupClassifier` calls it with its datamodule's facts before
+        training (so ``openmix-train`` does too); in a plain loop, call it yourself. A setting
+        given to the constructor always wins over the data's.
+        """
 
     def check_inputs(self, x: Tensor) -> None:
         """Raise ``TypeError``/``ValueError`` unless ``x`` is a non-empty float batch this mixer accepts."""
@@ -324,6 +351,22 @@ def blend(x: Tensor, partner: Tensor, weight: Tensor) -> Tensor:
         tensor([[[1.0000, 0.2500]]])
     """
     return partner.lerp_(x, weight.to(x.dtype))
+
+
+def mix_hidden(h: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
+    """``lam * h + (1 - lam) * h[index]`` along the batch; ``lam`` is one number or ``(B,)``.
+
+    For inputs and hidden states alike; gradients reach ``h`` through both terms, and the result
+    is a new tensor (``h`` is untouched).
+
+    Example:
+        >>> mix_hidden(torch.tensor([[1.0], [3.0]]), torch.tensor([1, 0]), 0.25)
+        tensor([[2.5000],
+                [1.5000]])
+    """
+    if isinstance(lam, Tensor):
+        lam = lam.to(h.dtype).view((-1,) + (1,) * (h.ndim - 1))
+    return torch.lerp(gather_partner(h, index), h, lam)
 
 
 def gather_partner(x: Tensor, index: Tensor) -> Tensor:

@@ -1,13 +1,13 @@
-"""The one result type every mixer returns."""
+"""What a mixer call returns (:class:`MixOutput`) and what a training step produced (:class:`StepResult`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["MixOutput"]
+__all__ = ["MixOutput", "StepResult"]
 
 
 @dataclass
@@ -56,3 +56,25 @@ class MixOutput:
             index=torch.arange(batch, device=x.device),
         )
 
+
+
+@dataclass
+class StepResult:
+    """What one training step produced (:func:`openmix.training.mix_step`, a model-aware mixer's ``step``).
+
+    Attributes:
+        loss: scalar loss to backpropagate (including any auxiliary loss of the mixer).
+        logits: ``(B, num_classes)`` predictions on the mixed batch.
+        mix: the mixer's :class:`MixOutput` (``None`` without a mixer).
+        aux: the terms of ``loss``, detached, by name, for mixers whose loss has several (the
+            learned mixers: ``online_mix``, ``block_mix``, ...); empty otherwise.
+
+    Example:
+        >>> StepResult(torch.tensor(0.5), torch.zeros(2, 3), None).aux
+        {}
+    """
+
+    loss: Tensor
+    logits: Tensor
+    mix: MixOutput | None
+    aux: dict[str, Tensor] = field(default_factory=dict)

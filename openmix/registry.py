@@ -1,8 +1,16 @@
-"""Name -> mixer class. ``build``, ``available`` and the ``register`` decorator."""
+"""Name -> mixer class. ``build``, ``available`` and the ``register`` decorator.
+
+This module imports no mixer: ``openmix.mixers`` imports each built-in one explicitly, and its
+``@register`` adds it here (as timm's model registry does), so there is no import circle and
+static tools see every class.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
+
+from openmix.mixer import Mixer
+from openmix.model_mixer import LearnedMixer, ModelMixer
 
 __all__ = ["register", "build", "available", "get"]
 
@@ -15,8 +23,10 @@ T = TypeVar("T", bound=type)
 def register(name: str) -> Callable[[T], T]:
     """Class decorator that makes a mixer buildable by ``name``.
 
-    The class declares its kind (``input``, ``saliency``, ``feature`` or ``learned``)
-    in a ``kind`` class attribute.
+    The class declares its kind (``input``, ``saliency``, ``feature`` or ``learned``) in a
+    ``kind`` class attribute, and its type says the same: an input mixer is a
+    :class:`~openmix.mixer.Mixer`, a saliency or feature mixer a
+    :class:`~openmix.model_mixer.ModelMixer`, a learned one a :class:`~openmix.model_mixer.LearnedMixer`.
 
     Example:
         >>> from openmix.mixer import Mixer
@@ -32,9 +42,16 @@ def register(name: str) -> Callable[[T], T]:
     def decorate(cls: T) -> T:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"a mixer named {name!r} is already registered ({_REGISTRY[name].__name__})")
-        kind = getattr(cls, "kind", None)
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"@register({name!r}) takes a subclass of openmix.Mixer, got {cls!r}")
+        kind = cls.kind
         if kind not in KINDS:
             raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}, got {kind!r}")
+        base = {"input": Mixer, "learned": LearnedMixer}.get(kind, ModelMixer)
+        other = {"input": ModelMixer, "learned": None}.get(kind, LearnedMixer)  # a subclass of base of another kind
+        if not issubclass(cls, base) or (other is not None and issubclass(cls, other)):
+            raise TypeError(f"{cls.__name__} declares kind {kind!r}, so it must subclass {base.__name__}"
+                            + (f" but not {other.__name__}" if other is not None else ""))
         cls.registered_name = name
         _REGISTRY[name] = cls
         return cls
@@ -44,7 +61,6 @@ def register(name: str) -> Callable[[T], T]:
 
 def get(name: str) -> type:
     """The mixer class registered as ``name``; a ``ValueError`` lists the known names."""
-    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -70,11 +86,6 @@ def available(kind: str | None = None) -> dict[str, str]:
         >>> openmix.available()["cutmix"]
         'input'
     """
-    _load_builtin()
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return {n: c.kind for n, c in sorted(_REGISTRY.items()) if kind is None or c.kind == kind}
-
-
-def _load_builtin() -> None:
-    import openmix.mixers  # noqa: F401  (registers the built-in mixers on import)

@@ -20,6 +20,7 @@ __all__ = [
     "beta",
     "uniform",
     "partner_index",
+    "partner_indices",
     "host_coin",
     "host_beta",
     "host_uniform",
@@ -94,6 +95,39 @@ def partner_index(
         return torch.arange(batch - 1, -1, -1, device=device)
     if pairing == "roll":
         return torch.arange(-1, batch - 1, device=device).remainder_(batch)
+    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def partner_indices(
+    batch: int,
+    count: int,
+    pairing: str = "random",
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``count`` partners of each sample, int64 ``(count, batch)``, for mixers of more than two samples.
+
+    ``random``: ``count`` independent permutations. The fixed pairings shift by one more per row,
+    so that a sample's partners differ (for ``count < batch``): ``flip``, row ``k``:
+    ``i -> (B-1-k-i) mod B`` (row 0 is timm's flip); ``roll``, row ``k``: ``i -> i-1-k``.
+
+    Example:
+        >>> partner_indices(4, 2, "flip")
+        tensor([[3, 2, 1, 0],
+                [2, 1, 0, 3]])
+        >>> partner_indices(4, 2, "roll")
+        tensor([[3, 0, 1, 2],
+                [2, 3, 0, 1]])
+    """
+    if pairing == "random":
+        return torch.stack([torch.randperm(batch, device=device, generator=generator) for _ in range(count)])
+    shift = torch.arange(count, device=device).unsqueeze(1)
+    i = torch.arange(batch, device=device)
+    if pairing == "flip":
+        return (batch - 1 - shift - i).remainder_(batch)
+    if pairing == "roll":
+        return (i - 1 - shift).remainder_(batch)
     raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 

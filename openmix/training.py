@@ -15,38 +15,18 @@ Example (a plain PyTorch loop):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from openmix.losses import soft_cross_entropy
+from openmix.losses import Criterion, soft_cross_entropy
 from openmix.mixer import Mixer
-from openmix.output import MixOutput
+from openmix.model_mixer import ModelMixer
+from openmix.output import MixOutput, StepResult
 from openmix.registry import build
 
 __all__ = ["StepResult", "mix_step", "mixed_accuracy", "build_mixer"]
-
-Criterion = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass
-class StepResult:
-    """What one training step produced.
-
-    Attributes:
-        loss: scalar loss to backpropagate (including any auxiliary loss of the mixer).
-        logits: ``(B, num_classes)`` predictions on the mixed batch.
-        mix: the mixer's :class:`~openmix.output.MixOutput` (``None`` without a mixer).
-        aux: the terms of ``loss``, detached, by name, for mixers whose loss has several (the
-            learned mixers: ``online_mix``, ``block_mix``, ...); empty otherwise.
-    """
-
-    loss: Tensor
-    logits: Tensor
-    mix: MixOutput | None
-    aux: dict[str, Tensor] = field(default_factory=dict)
 
 
 def mix_step(
@@ -58,9 +38,11 @@ def mix_step(
 ) -> StepResult:
     """Mix the device batch ``(x, y)``, run ``model`` on it and compute the loss.
 
-    Input mixers mix ``x`` before the model sees it. Mixers of the other kinds
-    (saliency, feature, learned) need the model itself, so they provide a
-    ``training_step(model, x, y, criterion) -> StepResult`` that this function calls.
+    An input mixer mixes ``x`` before the model sees it. A :class:`~openmix.model_mixer.ModelMixer`
+    (saliency, feature and learned kinds) needs the model itself: its
+    :meth:`~openmix.model_mixer.ModelMixer.step` is the step. ``model`` may be wrapped in
+    ``DistributedDataParallel`` for every kind: the gradients of the next ``backward()`` are
+    all-reduced (a learned mixer's own ones too).
 
     Args:
         model: maps ``(B, C, *spatial)`` to logits ``(B, num_classes)``.
@@ -72,14 +54,11 @@ def mix_step(
     if mixer is None:
         logits = model(x)
         return StepResult(criterion(logits, y), logits, None)
-    if mixer.kind == "input":
-        out = mixer(x, y)
-        logits = model(out.x)
-        return StepResult(criterion(logits, out.y), logits, out)
-    own_step = getattr(mixer, "training_step", None)
-    if own_step is None:
-        raise TypeError(f"{type(mixer).__name__} is a {mixer.kind!r} mixer but has no training_step(model, x, y, criterion)")
-    return own_step(model, x, y, criterion)
+    if isinstance(mixer, ModelMixer):
+        return mixer.step(model, x, y, criterion)
+    out = mixer(x, y)
+    logits = model(out.x)
+    return StepResult(criterion(logits, out.y), logits, out)
 
 
 @torch.no_grad()

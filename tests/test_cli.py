@@ -265,15 +265,3 @@ def test_missing_dataset_is_one_clear_error_and_no_run_folder(tmp_path):
     assert result.returncode == 2
     assert "nowhere/cifar-100-python" in result.stderr and "data.download=true" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
-
-
-def test_saliency_mixer_gets_the_data_settings_unless_set():
-    from openmix.cli.train import with_data_settings
-    from openmix.data import build_datamodule
-
-    data = build_datamodule("synthetic", in_chans=1, image_size=28)
-    assert with_data_settings({"name": "puzzlemix", "mean": None, "std": None, "block_nums": None}, data) == {
-        "name": "puzzlemix", "mean": [0.5], "std": [0.25], "block_nums": [2, 4]}
-    given = with_data_settings({"name": "puzzlemix", "mean": [0.1], "std": None, "block_nums": [7]}, data)
-    assert given["mean"] == [0.1] and given["block_nums"] == [7]
-    assert with_data_settings({"name": "mixup", "alpha": 1.0}, data) == {"name": "mixup", "alpha": 1.0}

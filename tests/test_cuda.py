@@ -77,12 +77,13 @@ def test_training_step_on_cuda_device_data(no_sync):
 @pytest.mark.parametrize("name", sorted(set(openmix.available()) - set(INPUT_MIXERS)))
 def test_model_aware_mixer_step_never_syncs(name):
     """PuzzleMix, AlignMix, Manifold Mixup and the learned mixers: a whole training step on the device."""
+    from openmix.model_mixer import LearnedMixer
     from openmix.models import create_model
     from openmix.training import mix_step
 
     model = create_model("small_convnet", num_classes=10, in_chans=1).cuda()
     mixer = openmix.build(name, num_classes=10, seed=0)
-    groups = mixer.attach(model).param_groups() if mixer.kind == "learned" else []
+    groups = mixer.attach(model).param_groups() if isinstance(mixer, LearnedMixer) else []
     opt = torch.optim.SGD([{"params": model.parameters()}, *groups], lr=0.1)
     x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
     for _ in range(2):  # warm-up: cuDNN autotuning and first-call state may sync

@@ -16,7 +16,7 @@ from torch import nn
 import openmix
 from openmix.losses import soft_cross_entropy
 from openmix.mixers.automix import constant_masks, ema_momentum, mix_source_targets, mix_sources
-from openmix.mixers.mix_block import MixBlock, rescale_lam
+from openmix.layers import MixBlock, rescale_lam
 from openmix.models import create_model, split_stages
 from openmix.output import MixOutput
 from helpers import assert_lightning_trains

@@ -390,11 +390,21 @@ def test_input_saliency_is_rms_of_the_input_gradient():
     torch.testing.assert_close(input_saliency(model, x, y), grad.square().mean(1).sqrt())
 
 
+def test_default_grids_are_the_official_ones_that_fit_the_image():
+    model, mixer = tiny_model(), puzzlemix(seed=0)
+    drawn = {mixer.sample_params(torch.rand(2, 3, 28, 28))["block_num"] for _ in range(40)}
+    assert drawn == {2, 4}  # 28 px: of {2, 4, 8, 16}, the sides that divide it
+    assert {mixer.sample_params(torch.rand(2, 3, 32, 32))["block_num"] for _ in range(60)} == {2, 4, 8, 16}
+    assert torch.isfinite(mix_step(model, mixer, torch.rand(2, 3, 28, 28), torch.tensor([0, 1])).loss)
+
+
 # -------------------------------------------------------------------- errors
 def test_sizes_the_grid_does_not_divide_raise():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"block_num \[8, 16\] does not divide the image side 28"):
-        mix_step(model, puzzlemix(), torch.rand(2, 3, 28, 28), torch.tensor([0, 1]))
+        mix_step(model, puzzlemix(block_nums=(2, 4, 8, 16)), torch.rand(2, 3, 28, 28), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"none of the official grid sides \(2, 4, 8, 16\) divides the image side 7"):
+        mix_step(model, puzzlemix(), torch.rand(2, 3, 7, 7), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="square"):
         puzzlemix(block_nums=(2,))(torch.rand(2, 3, 16, 8), torch.tensor([0, 1]), saliency=torch.rand(2, 16, 8))
     with pytest.raises(ValueError, match="expects 4-D"):
@@ -420,7 +430,7 @@ def test_bad_arguments_raise(kwargs):
 
 def test_registered_as_a_saliency_mixer():
     assert openmix.available()["puzzlemix"] == "saliency"
-    assert "block_nums=(2, 4, 8, 16)" in repr(puzzlemix())
+    assert "block_nums=None" in repr(puzzlemix()) and "block_nums=(2, 4)" in repr(puzzlemix(block_nums=(2, 4)))
 
 
 # ------------------------------------------------------------------- vs gco

@@ -7,6 +7,7 @@ import torch
 
 import openmix
 from openmix.mixer import Mixer
+from openmix.model_mixer import ModelMixer
 from openmix.mixers import CutMix, MixUp, RandomChoice
 
 NUM_CLASSES = 5
@@ -155,7 +156,7 @@ def test_bad_children():
 
 
 def test_only_input_mixers():
-    class Saliency(Mixer):
+    class Saliency(ModelMixer):
         kind = "saliency"
 
     with pytest.raises(ValueError, match="input mixers only"):

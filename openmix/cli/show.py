@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from openmix.cli.train import CONFIG_DIR, ConfigError, quiet_lightning, validate
+from openmix.model_mixer import ModelMixer
 from openmix.training import build_mixer
 
 __all__ = ["gallery", "main"]
@@ -51,7 +52,7 @@ def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], n
     for spec, mixer in zip(mixers, built):
         if mixer is None:
             continue
-        if mixer.kind != "input":
+        if isinstance(mixer, ModelMixer):
             raise ConfigError(f"openmix-show shows input mixers; {mixer.registered_name!r} is a {mixer.kind!r} mixer")
         mixed = mixer(images, labels)
         rows.append((mixer.registered_name, mixed.x.clamp(0, 1), mixed.lam))

@@ -98,31 +98,6 @@ def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.get("kwargs") else {}
 
 
-def with_data_settings(mixer_cfg: dict[str, Any], datamodule: Any) -> dict[str, Any]:
-    """``mixer_cfg`` completed from the data where the mixer takes a setting the config leaves unset (``null``).
-
-    ``mean``/``std``: the data's normalisation (PuzzleMix's data term and adversarial step work
-    in pixel space). ``block_nums``: the mixer's default grid sides that divide the image side
-    (PuzzleMix on 28x28 Fashion-MNIST: ``[2, 4]`` of the official ``{2, 4, 8, 16}``).
-    """
-    import inspect
-
-    import openmix
-
-    name = mixer_cfg.get("name")
-    if name in (None, "vanilla", "none") or name not in openmix.available():
-        return mixer_cfg
-    accepted = inspect.signature(openmix.registry.get(name)).parameters
-    filled = dict(mixer_cfg)
-    for key in ("mean", "std"):
-        if key in accepted and filled.get(key) is None:
-            filled[key] = list(getattr(datamodule, key))
-    if "block_nums" in accepted and filled.get("block_nums") is None:
-        default = accepted["block_nums"].default
-        filled["block_nums"] = [g for g in default if datamodule.image_size % g == 0] or list(default)
-    return filled
-
-
 def run_dir_of(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.get("run_dir", "run"))
 
@@ -185,7 +160,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     datamodule = _datamodule(cfg)
     if not cfg.data.get("download", False):
         datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
-    mixer_cfg = with_data_settings(OmegaConf.to_container(cfg.mixer, resolve=True), datamodule)
+    mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)  # the data's settings reach it in MixupClassifier.setup
     module = MixupClassifier(
         model=cfg.model.name,
         model_kwargs=_model_kwargs(cfg),

@@ -9,6 +9,7 @@ import lightning as L
 from torch import Tensor
 
 from openmix.mixer import Mixer
+from openmix.model_mixer import ModelMixer
 from openmix.training import build_mixer
 
 __all__ = ["MixupCallback"]
@@ -43,7 +44,7 @@ class MixupCallback(L.Callback):
         **defaults: Any,
     ) -> None:
         built = build_mixer(mixer, **defaults)
-        if built is None or built.kind != "input":
+        if built is None or isinstance(built, ModelMixer):
             raise ValueError(f"MixupCallback needs an input mixer, got {built!r}; "
                              "other kinds need the model: use MixupClassifier or openmix.training.mix_step")
         self.mixer = built

@@ -13,7 +13,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from openmix.losses import soft_cross_entropy
-from openmix.mixer import Mixer
+from openmix.mixer import DataInfo, Mixer
+from openmix.model_mixer import LearnedMixer
 from openmix.results import median_of_last
 from openmix.training import build_mixer, mix_step, mixed_accuracy
 
@@ -47,6 +48,8 @@ class MixupClassifier(L.LightningModule):
     ``label_smoothing`` (when not 0) and ``mix_seed`` (when given) that disagree with them are a
     ``ValueError``, not silently ignored.
 
+    Before training, the mixer learns from the trainer's datamodule what it left to the data
+    (:meth:`~openmix.mixer.Mixer.configure_data`: PuzzleMix's normalisation and grid sides).
     A learned mixer (AutoMix, SAMix, AdAutoMix) is attached to the model here (its EMA teacher
     and Mix Block are built and checked against the model), its Mix Block's parameters join the
     optimizer as their own group (``lr`` from the mixer's settings, else the optimizer's; the
@@ -98,7 +101,7 @@ class MixupClassifier(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.mixer is not None and self.mixer.kind == "learned":
+        if isinstance(self.mixer, LearnedMixer):
             self.mixer.attach(self.model)  # its EMA teacher and Mix Block: checked against the model now
         self.val_top1_history: list[float] = []  # one per epoch
         self._history_epoch = 0  # the epoch (1-based) of the last entry of val_top1_history
@@ -106,6 +109,13 @@ class MixupClassifier(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """Tell the mixer what the trainer's datamodule knows (normalisation, image size): see
+        :meth:`~openmix.mixer.Mixer.configure_data`. Without a datamodule the mixer keeps its own settings."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.mixer is not None and datamodule is not None:
+            self.mixer.configure_data(DataInfo.of(datamodule))
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -182,7 +192,7 @@ class MixupClassifier(L.LightningModule):
         cfg = dict(self.optimizer_cfg)
         name, lr, wd = cfg.pop("name"), float(cfg.pop("lr")), float(cfg.pop("weight_decay", 0.0))
         params: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
-        learned = self.mixer is not None and self.mixer.kind == "learned"
+        learned = isinstance(self.mixer, LearnedMixer)
         if learned:
             params += self.mixer.param_groups()  # the Mix Block, with its own lr when set
             # the teacher's momentum schedule counts training steps (micro-batches under accumulation)

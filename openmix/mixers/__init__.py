@@ -1,17 +1,37 @@
-"""Built-in mixers, one module each. Importing this package imports every module in it,
-which registers its mixers; each mixer class is then also available here by class name
-(``openmix.mixers.CutMix``)."""
+"""Built-in mixers, one module each (a method with several algorithms is a sub-package).
 
-import importlib
-import pkgutil
+Each module registers its mixers on import (``@register``); this package imports every one of
+them explicitly, so ``openmix.mixers.CutMix`` and the registry name ``"cutmix"`` are the same class.
+"""
 
-from openmix.registry import _REGISTRY
+from openmix.mixers.adautomix import AdAutoMix
+from openmix.mixers.alignmix import AlignMix
+from openmix.mixers.automix import AutoMix
+from openmix.mixers.cutmix import CutMix
+from openmix.mixers.fmix import FMix
+from openmix.mixers.gridmix import GridMix
+from openmix.mixers.manifoldmix import ManifoldMix
+from openmix.mixers.mixup import MixUp
+from openmix.mixers.puzzlemix import PuzzleMix
+from openmix.mixers.random_choice import RandomChoice
+from openmix.mixers.resizemix import ResizeMix
+from openmix.mixers.saliencymix import SaliencyMix
+from openmix.mixers.samix import SAMix
+from openmix.mixers.smoothmix import SmoothMix
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-
-for _cls in list(_REGISTRY.values()):
-    if _cls.__module__.startswith(__name__ + "."):
-        globals()[_cls.__name__] = _cls
-
-__all__ = sorted(c.__name__ for c in _REGISTRY.values() if c.__module__.startswith(__name__ + "."))
+__all__ = [
+    "AdAutoMix",
+    "AlignMix",
+    "AutoMix",
+    "CutMix",
+    "FMix",
+    "GridMix",
+    "ManifoldMix",
+    "MixUp",
+    "PuzzleMix",
+    "RandomChoice",
+    "ResizeMix",
+    "SAMix",
+    "SaliencyMix",
+    "SmoothMix",
+]

@@ -2,12 +2,12 @@
 
 The AutoMix step (:class:`~openmix.mixers.automix.AutoMix`: EMA teacher, Mix Block on the
 teacher's stage-3 features, detached masks for the model's batch) with AdAutoMix's changes,
-as in the official code (``JinXins/Adversarial-AutoMixup``; ``shared/reference/dynamic.md`` §4):
+as in the official code (checked against it):
 
 - **three images per mixed sample**, with shares ``λ_i ~ Beta(1, 1)`` normalised to sum 1
   (the same shares for the generator's and the model's batch, each with its own partners),
   targets ``Σ λ_i y_i``;
-- **co-attention Mix Block** (:class:`~openmix.mixers.mix_block.MixBlock` with
+- **co-attention Mix Block** (:class:`~openmix.layers.MixBlock` with
   ``attention="co"``): separate q/k, bilinear upsampling, a softmax across the three masks;
   no mask loss;
 - **the generator is adversarial every other step** (steps 0, 2, 4, ...):
@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from openmix.checks import check_int, check_number
 from openmix.mixer import Draws, Params
-from openmix.mixers.automix import AutoMix, Criterion, constant_masks, mix_source_targets, mix_sources
+from openmix.losses import Criterion
+from openmix.mixers.automix import AutoMix, constant_masks, mix_source_targets, mix_sources
 from openmix.registry import register
 
 __all__ = ["AdAutoMix"]
@@ -107,14 +108,14 @@ class AdAutoMix(AutoMix):
 
     def _needs_teacher_logits(self) -> bool:
         """The adversarial steps' cosine compares with the teacher's logits of the sources."""
-        return self.adversarial(self._step)
+        return self.adversarial(self._step_index)
 
     def _block_losses(
         self, criterion: Criterion, logits: Tensor, target: Tensor, masks: Tensor, params: Params, teacher_logits: Tensor | None
     ) -> dict[str, Tensor]:
         """``+CE``, or on adversarial steps ``-β CE + (1 - β) S`` (``S``: the λ-weighted logit cosine)."""
         mix = criterion(logits, target)
-        if not self.adversarial(self._step):
+        if not self.adversarial(self._step_index):
             return {"block_mix": mix, "block_cosine": mix.new_zeros(())}
         index, shares = params["block_index"], params["block_lam"]
         cosine = sum(share * F.cosine_similarity(logits, teacher_logits[index[k]], dim=-1) for k, share in enumerate(shares))

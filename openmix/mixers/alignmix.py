@@ -1,7 +1,7 @@
 """AlignMix (Venkataramanan et al., CVPR 2022; arXiv 2103.15375): mixup of the last feature maps
 after aligning their positions by optimal transport.
 
-One training step (:meth:`AlignMix.training_step`), as the official code
+One training step (:meth:`AlignMix.step`), as the official code
 (``shashankvkt/AlignMixup_CVPR22``: ``cifar10_100/models/resnet18_classifier.py``,
 ``utils/OT.py``) does it:
 
@@ -31,21 +31,19 @@ Gradients reach the model through both feature maps; the plan carries none.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from openmix.checks import check_int, check_number, wrapped_model_hint
-from openmix.mixer import Draws, Mixer, Params, gather_partner, no_autocast
-from openmix.mixers.manifoldmix import mix_hidden
-from openmix.output import MixOutput
+from openmix.checks import check_int, check_number
+from openmix.losses import Criterion
+from openmix.mixer import Draws, Params, gather_partner, mix_hidden, no_autocast
+from openmix.model_mixer import ModelMixer
+from openmix.output import MixOutput, StepResult
 from openmix.registry import register
 from openmix.sampling import host_coin
 from openmix.targets import mix_targets
-
-if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
-    from openmix.training import StepResult
 
 __all__ = ["AlignMix", "sinkhorn", "feature_cost", "align_mix"]
 
@@ -229,10 +227,10 @@ def align_mix(features: Tensor, index: Tensor, lam: Tensor | float, plan: Tensor
 
 # ============================================================================ the mixer
 @register("alignmix")
-class AlignMix(Mixer):
+class AlignMix(ModelMixer):
     """AlignMix: input mixup or optimal-transport-aligned mixup of the last feature maps (needs the model).
 
-    Use it through :func:`openmix.training.mix_step` (which calls :meth:`training_step`) or
+    Use it through :func:`openmix.training.mix_step` (which calls :meth:`step`) or
     :class:`~openmix.lightning.MixupClassifier`. The model needs ``forward_features``
     returning the last feature map ``(B, C, H, W)`` and ``forward_head`` (openmix's models and
     timm's CNNs have both; the map is the output of the last of
@@ -263,6 +261,7 @@ class AlignMix(Mixer):
     """
 
     kind = "feature"
+    mixes = "the last feature map"
     spatial_dims = (2,)
 
     def __init__(
@@ -283,23 +282,13 @@ class AlignMix(Mixer):
         self.align_prob = float(align_prob)
         self.eps, self.max_iter, self.tol, self.check_every = float(eps), max_iter, float(tol), check_every
 
-    # ------------------------------------------------------------------ calls
-    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
-        """Not available: AlignMix aligns the model's feature maps, so it needs the model."""
-        raise self.needs_model("the model's feature maps")
+    # ------------------------------------------------------------------ the step
+    def check_model(self, model: nn.Module) -> nn.Module:
+        """``model`` unwrapped, if it has ``forward_features`` (returning ``(B, C, H, W)``) and ``forward_head``."""
+        return self.feature_model(model)
 
-    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
-        """One step: input mixup or aligned feature mixup (a coin per step), loss on the logits.
-
-        A batch the ``prob`` coin skips is a plain step on the unmixed batch.
-        """
-        from openmix.training import StepResult
-
-        self.check_model(model)
-        soft, params = self.begin_step(x, y)
-        if params.get("identity", False):
-            logits = model(x)
-            return StepResult(criterion(logits, soft), logits, MixOutput.identity(x, soft))
+    def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
+        """Input mixup, or aligned mixup of the last feature maps (this step's coin)."""
         index, lam = params["index"], params["lam"]
         weight = params.get("batch_lam", lam)
         if params["align"]:
@@ -330,17 +319,6 @@ class AlignMix(Mixer):
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, None]:
         """The input-mixup branch: ``lam * x + (1 - lam) * x[index]``."""
         return mix_hidden(x, params["index"], params.get("batch_lam", params["lam"])), params["lam"], None
-
-    def check_model(self, model: nn.Module) -> None:
-        """Raise ``TypeError`` unless ``model`` has ``forward_features`` and ``forward_head``."""
-        missing = [name for name in ("forward_features", "forward_head") if not callable(getattr(model, name, None))]
-        if missing:
-            wrapped = wrapped_model_hint(model)
-            raise TypeError(
-                f"AlignMix mixes the last feature map, so it needs a model with forward_features (returning "
-                f"(B, C, H, W)) and forward_head, as openmix's models and timm's CNNs have; got "
-                f"{type(model).__name__}, which has no {' / '.join(missing)}{wrapped}"
-            )
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()

@@ -1,17 +1,19 @@
 """AutoMix (Liu et al., ECCV 2022; arXiv 2103.13027): mixing masks learned online by a Mix Block.
 
-One training step (:meth:`AutoMix.training_step`), as OpenMixup's ``AutoMixup`` does it
-(checked against the code; see ``shared/reference/dynamic.md`` §3):
+One training step (:meth:`AutoMix.step`), as OpenMixup's ``AutoMixup`` does it (checked
+against its code):
 
 1. **EMA teacher.** The mixer holds a frozen copy of the model whose weights follow the
    model by an exponential moving average: momentum ``0.999`` for the first 10% of the
    steps, then a cosine to ``0.999999`` (:func:`ema_momentum`). The teacher is updated at the
    start of each step from the weights the last optimizer step produced, which is the
-   official "after every iteration" update, one step later (step 0 copies the model).
+   official "after every iteration" update, one step later (step 0 copies the model). It runs
+   in the model's mode (train mode in training, as the official teacher: its BatchNorm layers
+   use and track batch statistics).
 2. **Two draws per step:** ``(lam_b, index_b)`` for the Mix Block's batch and
    ``(lam_o, index_o)`` for the online batch, ``lam ~ Beta(alpha, alpha)``.
 3. **Masks.** The teacher's stage-3 features of the clean batch (``split_stages(model)[3]``:
-   layer3 of a ResNet, 8x8 on CIFAR) go into the :class:`~openmix.mixers.mix_block.MixBlock`,
+   layer3 of a ResNet, 8x8 on CIFAR) go into the :class:`~openmix.layers.MixBlock`,
    which gives per-pixel masks for each pair, upsampled to the image.
 4. **Mix Block loss:** mixup cross-entropy of the *teacher* on the Mix Block's mixed batch
    (gradients reach only the Mix Block, through the image), plus the mask loss
@@ -43,26 +45,21 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from openmix.checks import check_bool, check_int, check_number
-from openmix.losses import decoupled_mixup_loss
-from openmix.mixer import Draws, Mixer, Params, gather_partner
-from openmix.mixers.manifoldmix import feature_stages
-from openmix.mixers.mix_block import MixBlock
-from openmix.output import MixOutput
+from openmix.layers import MixBlock
+from openmix.losses import Criterion, decoupled_mixup_loss
+from openmix.mixer import Draws, Params, gather_partner
+from openmix.model_mixer import LearnedMixer
+from openmix.output import MixOutput, StepResult
 from openmix.registry import register
-from openmix.sampling import host_beta, partner_index
-
-if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
-    from openmix.training import StepResult
+from openmix.sampling import host_beta, partner_indices
 
 __all__ = ["AutoMix", "ema_momentum", "mix_sources", "mix_source_targets", "constant_masks"]
-
-Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 def ema_momentum(step: int, total_steps: int | None, base: float = 0.999, end: float = 0.999999, hold: float = 0.1) -> float:
@@ -128,11 +125,11 @@ def constant_masks(x: Tensor, shares: list[float]) -> Tensor:
         tensor([[0.7500, 0.2500],
                 [0.7500, 0.2500]])
     """
-    return torch.stack([x.new_full((x.shape[0], 1, 1), share) for share in shares], dim=1)
+    return torch.stack([x.new_full((x.shape[0], 1, 1), share, dtype=torch.float32) for share in shares], dim=1)
 
 
 @register("automix")
-class AutoMix(Mixer):
+class AutoMix(LearnedMixer):
     """AutoMix: a Mix Block learns the masks online, through an EMA teacher (needs the model).
 
     Args:
@@ -143,7 +140,7 @@ class AutoMix(Mixer):
         in_channels: the channels the Mix Block expects; ``None``: read from the model by
             :meth:`attach`. Given, a model whose stage has other channels is refused at attach.
         mixed_samples, attention, qk, reduction, value_hidden, value_dropout, lam_scaling, lam_channel, upsample:
-            the Mix Block's configuration (:class:`~openmix.mixers.mix_block.MixBlock`, where
+            the Mix Block's configuration (:class:`~openmix.layers.MixBlock`, where
             ``mixed_samples`` is ``sources``); AutoMix's CIFAR defaults: 2 samples, pair
             attention, shared q/k, 1x1 value, no lambda input, nearest upsampling.
         mask_loss: weight of the mask loss (0.1).
@@ -182,7 +179,7 @@ class AutoMix(Mixer):
         ['block_mask', 'block_mix', 'online_clean', 'online_mix']
     """
 
-    kind = "learned"
+    mixes = "images with masks learned from the model's features"
     spatial_dims = (2,)
 
     def __init__(
@@ -216,7 +213,7 @@ class AutoMix(Mixer):
         min_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(alpha, num_classes, **kwargs)
+        super().__init__(alpha, num_classes, total_steps=total_steps, lr=lr, min_lr=min_lr, **kwargs)
         if self.mode != "batch" or self.prob != 1.0:
             raise ValueError(
                 f"{type(self).__name__} draws one lam per batch and mixes every step: mode must be 'batch' and "
@@ -248,9 +245,6 @@ class AutoMix(Mixer):
         if self.momentum < 1.0 and self.end_momentum < self.momentum:
             raise ValueError(f"end_momentum must be >= momentum ({self.momentum}), got {end_momentum}")
         self.momentum_hold = check_number("momentum_hold", momentum_hold, low=0.0, high=1.0)
-        self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, 1)
-        self.lr = None if lr is None else check_number("lr", lr, low=0.0)
-        self.min_lr = None if min_lr is None else check_number("min_lr", min_lr, low=0.0)
         self.mask_loss_anneal = check_bool("mask_loss_anneal", mask_loss_anneal)
         self.mix_block: MixBlock | None = None if in_channels is None else MixBlock(in_channels, **self.block_settings)
         self.teacher: nn.Module | None = None
@@ -259,17 +253,19 @@ class AutoMix(Mixer):
     def attach(self, model: nn.Module, input_size: tuple[int, ...] | None = None) -> "AutoMix":
         """Build the EMA teacher (a frozen copy of ``model``) and the Mix Block for ``model``.
 
-        Call it once, before the optimizer is made (its :meth:`param_groups` must be in it).
-        The channels of stage ``feature_stage`` are read by running the model (eval mode, no
-        gradients) on one zero input of ``input_size`` (default ``(in_chans, 64, 64)``, the
-        channels from the model's first convolution).
+        Call it once, before the optimizer is made (its :meth:`param_groups` must be in it). A
+        wrapped model (DDP, ``torch.compile``) is unwrapped. The channels of stage
+        ``feature_stage`` are read by running the model (eval mode, no gradients) on one zero
+        input of ``input_size`` (default ``(in_chans, 64, 64)``, the channels from the model's
+        first convolution). The Mix Block takes the model's device and dtype.
 
         Raises:
             TypeError: ``model`` cannot be run stage by stage, or has no stage ``feature_stage``.
             ValueError: ``in_channels`` was given and the stage has other channels.
         """
         name = type(self).__name__
-        stages = feature_stages(model, name)
+        model = self.feature_model(model)
+        stages = self.stages_of(model)
         if len(stages) <= self.feature_stage:
             raise TypeError(
                 f"{name}'s Mix Block reads stage {self.feature_stage} of the encoder, but {type(model).__name__} has "
@@ -284,39 +280,36 @@ class AutoMix(Mixer):
             )
         if self.mix_block is None or self.mix_block.in_channels != channels:
             self.mix_block = MixBlock(channels, **self.block_settings)
-        self.mix_block = self.mix_block.to(_device_of(model))
+        weight = next(model.parameters())
+        self.mix_block = self.mix_block.to(device=weight.device, dtype=weight.dtype)
         self.in_channels = channels
         teacher = copy.deepcopy(model)
         teacher.requires_grad_(False)
         self.teacher = teacher
         return self
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The Mix Block's parameter group for the optimizer (with ``lr`` when set)."""
-        block = self._require_attached()[1]
-        group: dict[str, Any] = {"params": list(block.parameters())}
-        if self.lr is not None:
-            group["lr"] = self.lr
-        return [group]
+    @property
+    def attached(self) -> bool:
+        return self.teacher is not None and self.mix_block is not None
 
-    # ------------------------------------------------------------------ calls
-    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
-        """Not available: AutoMix learns its masks from the model's features, so it needs the model."""
-        raise self.needs_model("images with masks learned from the model's features")
+    # ------------------------------------------------------------------ the step
+    def check_model(self, model: nn.Module) -> nn.Module:
+        """``model``, once the mixer is attached and ``model`` can be run stage by stage."""
+        self.require_attached()
+        self.feature_model(model)
+        return model
 
-    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Criterion) -> "StepResult":
-        """One step: EMA update, Mix Block loss through the teacher, online loss on the model.
+    def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
+        """EMA update, Mix Block loss through the teacher, online loss on the model.
 
-        Returns a :class:`~openmix.training.StepResult` whose ``loss`` sums every term, whose
+        Returns a :class:`~openmix.output.StepResult` whose ``loss`` sums every term, whose
         ``logits`` and ``mix`` are those of the online mixed batch, and whose ``aux`` holds
         each term (detached) for logging.
         """
-        from openmix.training import StepResult
-
-        teacher, block = self._require_attached()
-        stages = feature_stages(teacher, type(self).__name__)
-        soft, params = self.begin_step(x, y)  # checks the inputs first: a refused batch leaves the teacher as it is
-        self._update_teacher(model, step=self._step)
+        teacher, block = self.teacher, self.mix_block
+        self._update_teacher(model, step=self._step_index)
+        teacher.train(model.training)
+        stages = self.stages_of(teacher)
         size = x.shape[-2:]
         with torch.no_grad():
             features, teacher_logits = self._teacher_features(stages, x)
@@ -342,13 +335,14 @@ class AutoMix(Mixer):
         online = {"online_mix": criterion(logits, target), **self._online_losses(model, criterion, x, soft, params)}
         loss = torch.stack(list(online.values())).sum() + block_loss
         terms = {**online, **block_terms}
+        batch = x.shape[0]
         out = MixOutput(
             x=mixed,
             y=target,
-            lam=x.new_full((x.shape[0],), lam[0], dtype=torch.float32),
+            lam=torch.full((batch,), lam[0], device=x.device, dtype=torch.float32),
             index=index[1],
             mask=online_masks[:, :1].expand(-1, -1, *size),  # constant masks are (B, K, 1, 1)
-            sources=(index.t(), torch.stack([x.new_full((x.shape[0],), share, dtype=torch.float32) for share in lam], 1))
+            sources=(index.t(), torch.stack([torch.full((batch,), share, device=x.device, dtype=torch.float32) for share in lam], 1))
             if len(lam) > 2
             else None,
         )
@@ -362,7 +356,7 @@ class AutoMix(Mixer):
         """
         block_index, block_lam, online_index, online_lam = self._draw_batches(x, draws)
         return {
-            "lam": torch.full((x.shape[0],), online_lam[0], device=x.device),
+            "lam": torch.full((x.shape[0],), online_lam[0], device=x.device, dtype=torch.float32),
             "index": online_index[1],
             "batch_lam": online_lam[0],
             "block_index": block_index,
@@ -392,11 +386,10 @@ class AutoMix(Mixer):
         return self._draw_partners(x, draws), shares
 
     def _draw_partners(self, x: Tensor, draws: Draws) -> Tensor:
-        """``(K, B)``: ``arange(B)``, then ``K - 1`` independent partner permutations."""
+        """``(K, B)``: ``arange(B)``, then ``K - 1`` partners (:func:`~openmix.sampling.partner_indices`)."""
         batch = x.shape[0]
-        partners = [partner_index(batch, self.pairing, device=x.device, generator=draws.device)
-                    for _ in range(self.mixed_samples - 1)]
-        return torch.stack([torch.arange(batch, device=x.device), *partners])
+        partners = partner_indices(batch, self.mixed_samples - 1, self.pairing, device=x.device, generator=draws.device)
+        return torch.cat([torch.arange(batch, device=x.device).unsqueeze(0), partners])
 
     def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The teacher's stage features of the clean batch, and its logits when :meth:`_needs_teacher_logits`."""
@@ -430,7 +423,7 @@ class AutoMix(Mixer):
         """The mask loss weight of the current step: ``mask_loss``, cosine-annealed to 0 with ``mask_loss_anneal``."""
         if not self.mask_loss_anneal or self.total_steps is None:
             return self.mask_loss
-        progress = min(max(self._step, 0) / self.total_steps, 1.0)
+        progress = min(max(self._step_index, 0) / self.total_steps, 1.0)
         return self.mask_loss * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _online_losses(self, model: nn.Module, criterion: Criterion, x: Tensor, soft: Tensor, params: Params) -> dict[str, Tensor]:
@@ -441,7 +434,7 @@ class AutoMix(Mixer):
 
     # ------------------------------------------------------------------ internals
     @property
-    def _step(self) -> int:
+    def _step_index(self) -> int:
         """The 0-based index of the step being computed (inside a step, after its draw; -1 before any)."""
         return self._calls - 1
 
@@ -463,18 +456,10 @@ class AutoMix(Mixer):
         surrogate = torch.stack([(p * g).sum() for p, g in zip(params, grads)]).sum()
         return surrogate + (block_loss.detach() - surrogate.detach())
 
-    def _require_attached(self) -> tuple[nn.Module, MixBlock]:
-        if self.teacher is None or self.mix_block is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not attached to a model: call mixer.attach(model) before making the "
-                "optimizer, and put mixer.param_groups() in it (MixupClassifier does both)"
-            )
-        return self.teacher, self.mix_block
-
     @torch.no_grad()
     def _update_teacher(self, model: nn.Module, step: int) -> None:
         """Step 0: the teacher becomes a copy of ``model``; step ``n``: the EMA update that follows optimizer step ``n - 1``."""
-        teacher = self.teacher
+        teacher, model = self.teacher, self.feature_model(model)
         online, frozen = list(model.parameters()), list(teacher.parameters())
         if len(online) != len(frozen) or any(a.shape != b.shape for a, b in zip(online, frozen)):
             raise ValueError(
@@ -513,7 +498,8 @@ def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple
     model.eval()
     try:
         with torch.no_grad():
-            h = torch.zeros(1, *input_size, device=_device_of(model))
+            weight = next(model.parameters())
+            h = torch.zeros(1, *input_size, device=weight.device, dtype=weight.dtype)
             for stage in stages:
                 h = stage(h)
     finally:
@@ -525,7 +511,3 @@ def _fp16_autocast(device: torch.device) -> bool:
     """Whether float16 autocast is on for ``device``'s type."""
     kind = device.type
     return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

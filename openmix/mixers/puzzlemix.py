@@ -1,7 +1,7 @@
 """PuzzleMix (Kim, Choo & Song, ICML 2020; arXiv 2009.06962): saliency-guided block mixing
 with an optimised multi-label mask and saliency-discounted transport, batched on the device.
 
-Pipeline of one training step (:meth:`PuzzleMix.training_step`), as the official code
+Pipeline of one training step (:meth:`PuzzleMix.step`), as the official code
 (``snu-mllab/PuzzleMix``: ``main.py::train``, ``mixup.py::mixup_graph``) does it:
 
 1. **Saliency.** ``s = sqrt(mean_c (dL/dx)^2)`` of the batch-mean cross-entropy of the
@@ -86,21 +86,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.checks import check_number
-from openmix.mixer import Draws, Mixer, Params, gather_partner
-from openmix.output import MixOutput
+from openmix.losses import Criterion, model_mixer_loss, soft_cross_entropy
+from openmix.mixer import DataInfo, Draws, Params, gather_partner
+from openmix.model_mixer import ModelMixer
+from openmix.output import MixOutput, StepResult
 from openmix.registry import register
 from openmix.sampling import host_coin
 from openmix.targets import soft_targets
-
-if TYPE_CHECKING:  # openmix.training imports the registry; import it lazily at run time
-    from openmix.training import StepResult
 
 __all__ = [
     "PuzzleMix",
@@ -114,7 +113,7 @@ __all__ = [
     "input_saliency",
 ]
 
-LOSSES = ("soft_ce", "bce")
+OFFICIAL_GRIDS = (2, 4, 8, 16)  # block_num = 2 ** randint(1, 5) in the official code
 SOLVERS = ("auto", "exact", "dual")
 EXACT_STATES = 81  # auto: exact row DP while a row has at most this many labellings
 DUAL_ITERS = 12  # default dual iterations; 24 close the last ~0.001% at G = 16 (benchmarks/puzzlemix_solver.py)
@@ -771,8 +770,8 @@ def _saliency_pass(model: nn.Module, x: Tensor, target: Tensor, clean_weight: fl
 
     keep = clean_weight > 0
     x_in = x.detach().requires_grad_(True)
-    # DDP: this forward must not arm the all-reduce (the mixed forward does; with clean_lam the
-    # one backward through both graphs accumulates each parameter's gradient before its hook)
+    # a DDP model given directly (not through PuzzleMix.step, which runs the whole step as one DDP
+    # forward on the inner module): this forward must not arm the gradient all-reduce
     sync = getattr(model, "no_sync", None)
     with torch.enable_grad(), _modes(model, not eval_mode), (sync() if callable(sync) else contextlib.nullcontext()):
         logits = model(x_in)
@@ -786,10 +785,10 @@ def _saliency_pass(model: nn.Module, x: Tensor, target: Tensor, clean_weight: fl
 
 # ============================================================================ the mixer
 @register("puzzlemix")
-class PuzzleMix(Mixer):
+class PuzzleMix(ModelMixer):
     """PuzzleMix: optimised saliency-preserving block masks with transport (needs the model).
 
-    Use it through :func:`openmix.training.mix_step` (which calls :meth:`training_step`),
+    Use it through :func:`openmix.training.mix_step` (which calls :meth:`step`),
     or call it with a saliency map: ``mixer(x, y, saliency=s)``. Defaults are the official
     CIFAR-100 run and OpenMixup's config. ``MixOutput.mask`` ``(B, 1, H, W)`` weighs the
     *transported* own image: ``x_mix = mask * T(x) + (1 - mask) * T'(x[index])`` (without
@@ -798,7 +797,8 @@ class PuzzleMix(Mixer):
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)`` (one per batch in ``"batch"`` mode, as official).
         num_classes: needed for class-id labels.
-        block_nums: the grid sides ``G`` to draw from, uniformly, each step.
+        block_nums: the grid sides ``G`` to draw from, uniformly, each step; ``None``: those of the
+            official ``{2, 4, 8, 16}`` that divide the image side (28 px: ``(2, 4)``).
         beta, gamma, eta: smoothness, data-smoothness and prior weights of the energy.
         neigh_size: pooling of the images for the data term.
         n_labels: mask levels (3: ``{1, 0.5, 0}``).
@@ -809,10 +809,11 @@ class PuzzleMix(Mixer):
             Tiny-ImageNet: 1); its forward runs in train mode and its gradient is kept.
         adv_p: probability of the adversarial step, drawn once per side (own, partner).
         adv_eps: its radius in pixel units of 1/255.
-        loss: ``"soft_ce"`` (the ``criterion`` of :meth:`training_step`, OpenMixup) or
-            ``"bce"`` (official: BCE of the softmax against the mixed targets).
+        loss: ``"soft_ce"`` (the ``criterion`` of :meth:`step`, OpenMixup) or ``"bce"``
+            (official: BCE of the softmax against the mixed targets, :func:`~openmix.losses.softmax_bce`).
         mean, std: the per-channel normalisation of the inputs, for the data term and the
-            adversarial step (``None``: inputs are in ``[0, 1]``).
+            adversarial step; ``None``: the data's (:meth:`configure_data`, which
+            ``MixupClassifier`` calls), or inputs in ``[0, 1]`` where none is given.
         solver, solver_iters: see :func:`solve_puzzle`.
         **kwargs: the common :class:`~openmix.mixer.Mixer` arguments.
 
@@ -827,6 +828,7 @@ class PuzzleMix(Mixer):
     """
 
     kind = "saliency"
+    mixes = "blocks chosen by the model's saliency"
     spatial_dims = (2,)
 
     def __init__(
@@ -834,7 +836,7 @@ class PuzzleMix(Mixer):
         alpha: float = 1.0,
         num_classes: int | None = None,
         *,
-        block_nums: Sequence[int] | int = (2, 4, 8, 16),
+        block_nums: Sequence[int] | int | None = None,
         beta: float = 1.2,
         gamma: float = 0.5,
         eta: float = 0.2,
@@ -854,9 +856,9 @@ class PuzzleMix(Mixer):
         **kwargs: Any,
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
-        nums = (block_nums,) if isinstance(block_nums, int) else tuple(block_nums)
-        if not nums or any(isinstance(g, bool) or not isinstance(g, int) or g < 2 for g in nums):
-            raise ValueError(f"block_nums must be integers >= 2, got {block_nums!r}")
+        nums = None if block_nums is None else (block_nums,) if isinstance(block_nums, int) else tuple(block_nums)
+        if nums is not None and (not nums or any(isinstance(g, bool) or not isinstance(g, int) or g < 2 for g in nums)):
+            raise ValueError(f"block_nums must be integers >= 2 (or None: the official grids that fit), got {block_nums!r}")
         for name, value in (("neigh_size", neigh_size), ("n_labels", n_labels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_labels" else 1):
                 raise ValueError(f"{name} must be an integer >= {2 if name == 'n_labels' else 1}, got {value!r}")
@@ -865,8 +867,7 @@ class PuzzleMix(Mixer):
         for name, value in (("beta", beta), ("gamma", gamma), ("eta", eta), ("t_eps", t_eps), ("clean_lam", clean_lam), ("adv_eps", adv_eps)):
             check_number(name, value, low=0.0)
         check_number("adv_p", adv_p, low=0.0, high=1.0)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        model_mixer_loss(loss, soft_cross_entropy)  # checks the name
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if solver_iters is not None and (isinstance(solver_iters, bool) or not isinstance(solver_iters, int) or solver_iters < 0):
@@ -890,15 +891,14 @@ class PuzzleMix(Mixer):
         """Mix a batch given its saliency map ``(B, H, W)`` (see :func:`input_saliency`).
 
         PuzzleMix computes the saliency from the model: in training, use
-        :func:`openmix.training.mix_step` / :meth:`training_step`.
+        :func:`openmix.training.mix_step` / :meth:`step` (the adversarial step, ``adv_p``, needs it).
         """
         if saliency is None:
             raise TypeError(
                 "PuzzleMix needs the model's saliency: train with openmix.training.mix_step(model, mixer, x, y) "
-                "(it calls mixer.training_step), or pass saliency=openmix.mixers.puzzlemix.input_saliency(model, x, y)"
+                "(it calls mixer.step), or pass saliency=openmix.mixers.puzzlemix.input_saliency(model, x, y)"
             )
         self.check_inputs(x)
-        self._check_size(x)
         y = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
         saliency = self._check_saliency(saliency, x)
         params = self.sample_params(x, generator=generator)
@@ -907,32 +907,22 @@ class PuzzleMix(Mixer):
         params["saliency"] = saliency
         return self.apply_params(x, y, params)
 
-    def training_step(self, model: nn.Module, x: Tensor, y: Tensor, criterion: Any) -> "StepResult":
-        """One PuzzleMix step: saliency pass, masks, transport, loss on the mixed batch.
+    def configure_data(self, data: DataInfo) -> None:
+        """``mean``/``std`` from the data unless given; ``block_nums`` (when ``None``): the official
+        grids that divide the data's image side."""
+        if self.mean is None and self.std is None and data.mean is not None:
+            self.mean, self.std = tuple(data.mean), None if data.std is None else tuple(data.std)
+            self._stats_cache = {}
+        if self.block_nums is None and data.image_size is not None:
+            self.block_nums = self._grids(data.image_size)
 
-        Returns a :class:`~openmix.training.StepResult` whose loss includes the clean loss
-        when ``clean_lam > 0``. A batch the ``prob`` coin skips is a plain step (no
-        saliency pass).
-        """
-        from openmix.training import StepResult
-
-        self.check_inputs(x)
-        self._check_size(x)
-        soft = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
-        params = self.sample_params(x)
-        if params.get("identity", False):
-            logits = model(x)
-            return StepResult(self._loss(criterion, logits, soft), logits, MixOutput.identity(x, soft))
-        host = self._host_generator(None)
-        adv_own = self.adv_p > 0 and host_coin(self.adv_p, host)
-        adv_partner = self.adv_p > 0 and host_coin(self.adv_p, host)
+    def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
+        """Saliency pass, masks, transport, loss on the mixed batch (plus the clean loss when ``clean_lam > 0``)."""
         noise, x_sal = None, x
-        if adv_own or adv_partner:  # random start, in pixel space (official main.py)
-            eps = self.adv_eps / 255.0
+        if "adv" in params:  # random start, in pixel space (official main.py)
             mean, std = self._stats(x)
             pixels = denormalize(x.detach(), mean, std)
-            start = torch.empty_like(pixels).uniform_(-eps, eps, generator=self._generator(x.device))
-            noisy = (pixels + start).clamp_(0.0, 1.0)
+            noisy = (pixels + params["adv_start"]).clamp_(0.0, 1.0)
             noise = noisy - pixels
             x_sal = normalize(noisy, mean, std).to(x.dtype)
         weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
@@ -940,20 +930,36 @@ class PuzzleMix(Mixer):
         params["saliency"] = saliency
         if noise is not None:  # one FGSM step along the saliency gradient, scaled by u ~ U(0, 1)
             eps, step = self.adv_eps / 255.0, (self.adv_eps + 2.0) / 255.0
-            coef = float(torch.rand((), generator=host))
-            params["noise"] = (noise + step * grad.sign().to(noise.dtype)).clamp_(-eps, eps).mul_(coef)
-            params["adv"] = (adv_own, adv_partner)
+            params["noise"] = (noise + step * grad.sign().to(noise.dtype)).clamp_(-eps, eps).mul_(params["adv_coef"])
         out = self.apply_params(x, soft, params)
         logits = model(out.x)
-        loss = self._loss(criterion, logits, out.y)
+        loss = self.loss_for(criterion)(logits, out.y)
         if clean is not None:
             loss = loss + clean
         return StepResult(loss, logits, out)
 
+    def loss_for(self, criterion: Criterion) -> Criterion:
+        """``criterion`` (``loss="soft_ce"``) or :func:`~openmix.losses.softmax_bce` (``loss="bce"``)."""
+        return model_mixer_loss(self.loss, criterion)
+
+    def check_inputs(self, x: Tensor) -> None:
+        """The common checks, then square images whose side every grid divides."""
+        super().check_inputs(x)
+        self._check_size(x)
+
     def draw_params(self, x: Tensor, draws: Draws) -> Params:
-        """Adds ``block_num``: the grid side ``G`` of this call (a host int), drawn on the host stream."""
+        """Adds ``block_num``, the grid side ``G`` of this call (a host int); with ``adv_p > 0``, the
+        adversarial coins ``adv`` (own, partner), and when either is on, the random start
+        ``adv_start`` (pixel units, like ``x``) and the FGSM scale ``adv_coef``, all from this call's streams."""
         params = super().draw_params(x, draws)
-        params["block_num"] = self._pick_block_num(draws.host)
+        params["block_num"] = self._pick_block_num(draws.host, x.shape[-1])
+        if self.adv_p > 0:
+            adv = (host_coin(self.adv_p, draws.host), host_coin(self.adv_p, draws.host))
+            if any(adv):
+                eps = self.adv_eps / 255.0
+                params["adv"] = adv
+                params["adv_start"] = torch.empty_like(x).uniform_(-eps, eps, generator=draws.device)
+                params["adv_coef"] = float(torch.rand((), generator=draws.host))
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
@@ -1008,10 +1014,17 @@ class PuzzleMix(Mixer):
                                            for v in (self.mean, self.std))
         return self._stats_cache[key]
 
-    def _pick_block_num(self, host: torch.Generator | None) -> int:
-        if len(self.block_nums) == 1:
-            return self.block_nums[0]
-        return self.block_nums[int(torch.randint(len(self.block_nums), (), generator=host))]
+    def _grids(self, side: int) -> tuple[int, ...]:
+        """The grid sides a call on images of side ``side`` draws from: ``block_nums``, or the official ones that divide it."""
+        if self.block_nums is not None:
+            return self.block_nums
+        return tuple(g for g in OFFICIAL_GRIDS if side % g == 0)
+
+    def _pick_block_num(self, host: torch.Generator | None, side: int) -> int:
+        grids = self._grids(side)
+        if len(grids) == 1:
+            return grids[0]
+        return grids[int(torch.randint(len(grids), (), generator=host))]
 
     def _transport_cell(self, block: int) -> int:
         """Transport cell side: ``t_size`` when it sub-divides the block, else the block."""
@@ -1023,11 +1036,15 @@ class PuzzleMix(Mixer):
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"PuzzleMix needs square images (a G x G block grid), got {height}x{width}")
+        if nums is None and self.block_nums is None:
+            if not self._grids(height):
+                raise ValueError(f"none of the official grid sides {OFFICIAL_GRIDS} divides the image side {height}: "
+                                 f"pass block_nums from {_divisors(height)} (or pad the images)")
+            return
         bad = [g for g in (nums or self.block_nums) if height % g]
         if bad:
-            fits = [g for g in range(2, height + 1) if height % g == 0 and g <= 32]
             raise ValueError(
-                f"block_num {bad} does not divide the image side {height}: pass block_nums from {fits} "
+                f"block_num {bad} does not divide the image side {height}: pass block_nums from {_divisors(height)} "
                 f"(or pad the images)"
             )
 
@@ -1039,14 +1056,6 @@ class PuzzleMix(Mixer):
         if saliency.shape != (x.shape[0],) + tuple(x.shape[2:]):
             raise ValueError(f"saliency must be (B, H, W) = {(x.shape[0],) + tuple(x.shape[2:])}, got {tuple(saliency.shape)}")
         return saliency.detach()
-
-    def _loss(self, criterion: Any, logits: Tensor, target: Tensor) -> Tensor:
-        if self.loss == "soft_ce":
-            return criterion(logits, target)
-        log_p = F.log_softmax(logits.float(), dim=-1)  # nn.BCELoss(softmax(logits), target), log clamped at -100
-        log_q = torch.log1p(-log_p.exp())
-        target = target.to(log_p.dtype)
-        return -(target * log_p.clamp_min(-100.0) + (1 - target) * log_q.clamp_min(-100.0)).mean()
 
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
@@ -1061,6 +1070,11 @@ class PuzzleMix(Mixer):
         if self.solver != "auto" or self.solver_iters is not None:
             fields.update(solver=self.solver, solver_iters=self.solver_iters)
         return fields
+
+
+def _divisors(side: int) -> list[int]:
+    """The grid sides from 2 to 32 that divide ``side``."""
+    return [g for g in range(2, min(side, 32) + 1) if side % g == 0]
 
 
 def _largest_divisor(n: int, cap: int) -> int:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.mixer import Mixer, Params
+from openmix.model_mixer import ModelMixer
 from openmix.output import MixOutput
 from openmix.registry import get, register
 
@@ -114,7 +115,7 @@ class RandomChoice(Mixer):
 
     def _build(self, spec: MixerSpec, i: int) -> Mixer:
         if isinstance(spec, Mixer):
-            if spec.kind != "input":
+            if isinstance(spec, ModelMixer):
                 raise ValueError(f"RandomChoice mixes input mixers only; {type(spec).__name__} is a {spec.kind} mixer")
             return spec
         if isinstance(spec, str):
@@ -126,7 +127,7 @@ class RandomChoice(Mixer):
         if "name" not in kwargs:
             raise ValueError(f"a mixer given as a dict needs a 'name' key, got keys {sorted(kwargs)}")
         cls = get(kwargs.pop("name"))  # ValueError listing the registered names
-        if cls.kind != "input":
+        if issubclass(cls, ModelMixer):
             raise ValueError(f"RandomChoice mixes input mixers only; {cls.registered_name!r} is a {cls.kind} mixer")
         inherited = {name: getattr(self, name) for name in COMMON}
         if self.seed is not None:

@@ -4,7 +4,7 @@ The same training step as :class:`~openmix.mixers.automix.AutoMix`; what changes
 configuration, as in OpenMixup's CIFAR SAMix config (checked against the code):
 
 - **adaptive lambda:** the Mix Block scales the features by ``1 + λ'`` and the partner's by
-  ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, 0.25)`` (:func:`~openmix.mixers.mix_block.rescale_lam`);
+  ``1 + (1 - λ')``, ``λ' = rescale_lam(λ, 0.25)`` (:func:`~openmix.layers.rescale_lam`);
 - **q/k** from two 1x1 convs, both on the concatenated features (``qk="concat"``);
 - **value net** conv(C→C/2)-BN-ELU-conv(→1): 256→128→1 on a CIFAR ResNet-18 (``value_hidden=None``);
 - **bilinear** upsampling of the logits (sigmoid after it);

@@ -1,4 +1,9 @@
-"""``split_stages``: a backbone's body as an ordered list of modules, for feature-level mixers."""
+"""Model introspection for the model-aware mixers: a backbone's body as an ordered list of stages.
+
+:func:`split_stages` cuts a model into ``[stem, stage1, ..., stageN]``; :func:`feature_stages`
+and :func:`check_head` are what a mixer calls, with errors that say what it needs from the model;
+:func:`unwrap_model` finds the model inside a DDP or ``torch.compile`` wrapper.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from openmix.models.preact_resnet import PreActResNet
 from openmix.models.resnet import resnet_stages
 from openmix.models.small import SmallConvNet
 
-__all__ = ["split_stages"]
+__all__ = ["split_stages", "feature_stages", "check_head", "unwrap_model"]
 
 # timm families whose forward_features is stem -> stages -> tail: (class, tail attributes).
 _STEM_STAGES_TAIL: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
@@ -77,3 +82,58 @@ def split_stages(model: nn.Module) -> list[nn.Module]:
         stages[-1] = nn.Sequential(stages[-1], *tail)
     return [model.stem, *stages]
 
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, any number deep; ``model`` itself when unwrapped. They share parameters.
+
+    Example:
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap_model(nn.DataParallel(inner)) is inner
+        True
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def check_head(model: nn.Module, mixer: str, what: str = "hidden features") -> nn.Module:
+    """``model`` unwrapped (:func:`unwrap_model`), if it has ``forward_features`` and ``forward_head``.
+
+    Raises:
+        TypeError: naming the mixer, what it mixes, and the missing methods.
+    """
+    inner = unwrap_model(model)
+    missing = [name for name in ("forward_features", "forward_head") if not callable(getattr(inner, name, None))]
+    if missing:
+        raise TypeError(
+            f"{mixer} mixes {what}, so it needs a model with forward_features and forward_head (openmix's models "
+            f"and timm's have both); got {type(inner).__name__}, which has no {' / '.join(missing)}"
+        )
+    return inner
+
+
+def feature_stages(model: nn.Module, mixer: str = "a feature mixer") -> list[nn.Module]:
+    """:func:`split_stages` of ``model`` unwrapped, with an error that says what a feature mixer needs.
+
+    Raises:
+        TypeError: ``model`` lacks ``forward_features``/``forward_head``, or :func:`split_stages`
+            does not know its layout.
+
+    Example:
+        >>> feature_stages(nn.Linear(2, 2), "ManifoldMix")
+        Traceback (most recent call last):
+        ...
+        TypeError: ManifoldMix mixes hidden features, so it needs a model with forward_features and forward_head (openmix's models and timm's have both); got Linear, which has no forward_features / forward_head
+    """
+    inner = check_head(model, mixer)
+    try:
+        return split_stages(inner)
+    except TypeError as err:
+        raise TypeError(f"{mixer} mixes hidden features, so it runs the model stage by stage and needs a layout "
+                        f"split_stages knows; got {type(inner).__name__}: {err}") from None

@@ -172,7 +172,9 @@ class MixBlock(nn.Module):
         if len(lam) != self.sources:
             raise ValueError(f"lam must hold {self.sources} shares, got {len(lam)}")
         with no_autocast(features.device):
-            sources = features.float()[indices]  # (K, B, C, h, w)
+            # the convolutions in the block's own dtype (bf16/fp16 weights under Lightning's "-true"
+            # precisions), attention and masks in float32
+            sources = features.to(self.query.weight.dtype)[indices]  # (K, B, C, h, w)
             if self.lam_channel:
                 shares = lam if self.attention == "co" else [lam[0], 1.0 - lam[0]]
                 _, batch, _, height, width = sources.shape
@@ -199,7 +201,7 @@ class MixBlock(nn.Module):
         else:
             q, k = self.query(own), (self.query if self.key is None else self.key)(partner)
         attention = self._attend(q.flatten(2).transpose(1, 2), k.flatten(2))
-        return (attention @ value).view(batch, 1, height, width)
+        return (attention @ value.float()).view(batch, 1, height, width)
 
     def _co_logits(self, sources: Tensor) -> Tensor:
         """Each source's logits ``(B, K, h, w)`` from ``(K, B, C, h, w)``: attention to the others' keys."""
@@ -209,12 +211,12 @@ class MixBlock(nn.Module):
         k = self.key(flat).flatten(2).view(count, batch, self.inter_channels, -1)  # (K, B, d, hw)
         others = (k.sum(0, keepdim=True) - k).flatten(0, 1)  # Σ_{j≠i} k_j
         value = self.value(flat).flatten(2).transpose(1, 2)  # (K*B, hw, 1)
-        logits = self._attend(q, others) @ value  # (K*B, hw, 1)
+        logits = self._attend(q, others) @ value.float()  # (K*B, hw, 1)
         return logits.view(count, batch, height, width).transpose(0, 1)
 
     def _attend(self, q: Tensor, k: Tensor) -> Tensor:
         """``softmax(q k / √d)`` for ``q`` ``(N, hw, d)`` and ``k`` ``(N, d, hw)``."""
-        return torch.softmax((q @ k) / self.inter_channels**0.5, dim=-1)
+        return torch.softmax((q.float() @ k.float()) / self.inter_channels**0.5, dim=-1)
 
     def extra_repr(self) -> str:
         return (
