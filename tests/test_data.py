@@ -71,6 +71,11 @@ def test_available_datasets_are_the_sorted_names():
     assert available_datasets() == NAMES
 
 
+def test_a_setting_the_datamodule_does_not_take_is_named_with_those_it_takes():
+    with pytest.raises(ValueError, match=r"^crop_padding is not a setting of imagefolder \(it takes: image_size, "):
+        build_datamodule("imagefolder", crop_padding=4)
+
+
 def test_unknown_dataset_lists_the_known_names():
     with pytest.raises(ValueError, match="unknown dataset 'cifar1000'.*cifar10, cifar100, fashion_mnist"):
         build_datamodule("cifar1000")

@@ -57,7 +57,8 @@ def validate(cfg: DictConfig) -> None:
     """Reject settings that cannot train, naming the setting and what is allowed.
 
     Checks the numbers, the mixer, data and model names, and the data and model arguments
-    (the model is built on the ``meta`` device, so this costs no memory or time).
+    (the model is built on the ``meta`` device, so this costs no memory or time). An image
+    folder is listed here: the model is built for the classes and first image it holds.
     """
     import torch
 
@@ -88,9 +89,11 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _datamodule(cfg: DictConfig) -> Any:
-    from openmix.data import build_datamodule
+    """The datamodule of ``cfg.data``; a key it does not take is a ``ValueError`` naming ``data.<key>``."""
+    from openmix.data import build_datamodule, check_settings
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
+    check_settings(cfg.data.name, kwargs, prefix="data.")
     return build_datamodule(cfg.data.name, seed=cfg.seed, **kwargs)
 
 
