@@ -82,8 +82,9 @@ def write_fashion(folder: Path, n_train: int = 12, n_test: int = 5, gz: bool = F
 
 
 def _save(path: Path, chw: torch.Tensor, **kwargs) -> None:
+    """``chw`` uint8 ``(C, H, W)`` as an image file: RGB for 3 channels, grey ("L") for 1."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(chw.permute(1, 2, 0).numpy()).save(path, **kwargs)
+    Image.fromarray(chw.permute(1, 2, 0).squeeze(-1).numpy()).save(path, **kwargs)
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -113,13 +114,19 @@ def write_tiny_imagenet(root: Path, classes_with_images: int = 3, per_class: int
 
 
 def write_imagefolder(
-    root: Path, classes: tuple[str, ...] = ("cat", "dog", "eel"), per_class: int = 2, size: int = 36, ext: str = "png"
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "eel"),
+    per_class: int = 2,
+    size: int = 36,
+    ext: str = "png",
+    channels: int = 3,
 ) -> dict:
-    """``<root>/train/<class>/*.{ext}`` and ``<root>/val/<class>/*.{ext}``; val images returned by class."""
+    """``<root>/train/<class>/*.{ext}`` and ``<root>/val/<class>/*.{ext}`` (RGB, or grey with
+    ``channels=1``); val images returned by class."""
     val = {}
     for split, seed in (("train", 10), ("val", 20)):
         for c, name in enumerate(classes):
-            images = random_images(per_class, 3, size, seed + c)
+            images = random_images(per_class, channels, size, seed + c)
             for i, img in enumerate(images):
                 _save(root / split / name / f"{i}.{ext}", img)
             if split == "val":

@@ -95,6 +95,7 @@ def test_unknown_dataset_lists_the_known_names():
         ("cifar10", {"root": 3}, "root"),
         ("imagefolder", {"image_size": 0}, "image_size"),
         ("imagefolder", {"num_classes": 0}, "num_classes"),
+        ("imagefolder", {"in_chans": 2}, "in_chans"),
         ("synthetic", {"num_samples": 0}, "num_samples"),
     ],
 )
@@ -111,7 +112,11 @@ def test_bad_argument_raises_naming_it(name, kwargs, argument):
         ("fashion_mnist", {}, (10, 1, 28, (0.2860,), (0.3530,))),
         ("tiny_imagenet", {}, (200, 3, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
         ("imagenet", {}, (1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
-        ("imagefolder", {"image_size": 96, "num_classes": 7}, (7, 3, 96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+        (
+            "imagefolder",
+            {"image_size": 96, "num_classes": 7, "in_chans": 3},
+            (7, 3, 96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ),
         ("synthetic", {"num_classes": 4, "image_size": 16, "in_chans": 1}, (4, 1, 16, (0.5,), (0.25,))),
     ],
 )
@@ -537,6 +542,49 @@ def test_imagefolder_trains_on_jpeg_at_the_chosen_size(tmp_path):
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 24, 24) and y.dtype == torch.int64
+
+
+def test_imagefolder_reads_its_size_and_channels_from_the_images_before_setup(tmp_path):
+    val = files.write_imagefolder(tmp_path, size=20)
+    dm = build_datamodule("imagefolder", root=tmp_path, batch_size=4, num_workers=0)
+    assert (dm.num_classes, dm.in_chans, dm.image_size, dm.mean) == (3, 3, 20, (0.485, 0.456, 0.406))
+    assert dm.train_set is None
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 3, 20, 20)
+    x, _ = collect(dm.val_dataloader())  # a size read from the images: val images pass unchanged
+    assert torch.equal(to_pixels(x, dm), torch.cat([val[c] for c in ("cat", "dog", "eel")]))
+
+
+def test_imagefolder_image_size_is_the_shorter_side_of_the_first_training_image(tmp_path):
+    files.write_imagefolder(tmp_path, size=20)
+    Image.new("RGB", (30, 12)).save(tmp_path / "train" / "cat" / "0.png")  # width 30, height 12
+    assert build_datamodule("imagefolder", root=tmp_path).image_size == 12
+
+
+def test_imagefolder_of_grey_images_has_one_channel(tmp_path):
+    val = files.write_imagefolder(tmp_path, size=16, channels=1)
+    dm = build_datamodule("imagefolder", root=tmp_path, batch_size=4, num_workers=0)
+    assert (dm.in_chans, dm.mean, dm.std) == (1, (0.449,), (0.226,))
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 1, 16, 16)
+    x, _ = collect(dm.val_dataloader())
+    assert torch.equal(to_pixels(x, dm), torch.cat([val[c] for c in ("cat", "dog", "eel")]))
+
+
+def test_imagefolder_given_in_chans_decodes_grey_images_as_rgb(tmp_path):
+    files.write_imagefolder(tmp_path, size=16, channels=1)
+    dm = build_datamodule("imagefolder", root=tmp_path, in_chans=3, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 3, 16, 16)
+
+
+def test_imagefolder_without_images_says_so_when_its_size_is_asked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"expected .*absent/train/<class>/<image files>"):
+        build_datamodule("imagefolder", root=tmp_path / "absent").image_size
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"train: Found no valid file for the classes cat"):
+        build_datamodule("imagefolder", root=tmp_path).in_chans
 
 
 def test_imagefolder_rejects_val_classes_that_train_lacks(tmp_path):

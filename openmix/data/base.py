@@ -178,14 +178,17 @@ class ImageDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def __repr__(self) -> str:
-        try:
-            classes = self.num_classes
-        except FileNotFoundError:  # counted from files that are not there (yet)
-            classes = "?"
+        def fact(name: str) -> Any:
+            try:
+                return getattr(self, name)
+            except FileNotFoundError:  # read from files that are not there (yet)
+                return "?"
+
         return (
-            f"{type(self).__name__}(root={str(self.root)!r}, num_classes={classes}, in_chans={self.in_chans}, "
-            f"image_size={self.image_size}, batch_size={self.batch_size}, eval_batch_size={self.eval_batch_size}, "
-            f"num_workers={self.num_workers}, on_device={self.on_device}, seed={self.seed})"
+            f"{type(self).__name__}(root={str(self.root)!r}, num_classes={fact('num_classes')}, "
+            f"in_chans={fact('in_chans')}, image_size={fact('image_size')}, batch_size={self.batch_size}, "
+            f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, on_device={self.on_device}, "
+            f"seed={self.seed})"
         )
 
 
