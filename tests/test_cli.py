@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import data_files as files
 import lightning as L
 import pytest
 import torch
@@ -15,11 +16,13 @@ from omegaconf import OmegaConf
 
 import openmix
 from openmix.cli.train import CONFIG_DIR, ConfigError, train, validate
+from openmix.data import check_settings
 from openmix.lightning import MixupClassifier
 from openmix.results import example_row, read_result, write_result
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 MIXER_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "mixer").glob("*.yaml"))
+DATA_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 # Tiny real training: synthetic data, a narrow CIFAR ResNet, CPU.
 TINY = [
     "data=synthetic", "data.num_samples=64", "data.num_val_samples=32", "data.image_size=16", "batch_size=16",
@@ -80,6 +83,12 @@ def test_published_alpha_follows_the_experiment():
     assert compose_cfg("experiment=cifar100_r18", "mixer=cutmix").mixer.alpha == 0.2
     assert compose_cfg("experiment=tinyimagenet_r18", "mixer=cutmix").mixer.alpha == 1.0
     assert compose_cfg("experiment=cifar100_r18", "mixer=cutmix", "mixer.alpha=0.7").mixer.alpha == 0.7
+
+
+@pytest.mark.parametrize("data", DATA_CONFIGS)
+def test_every_data_group_gets_only_settings_its_datamodule_takes(data):
+    cfg = compose_cfg(f"data={data}")  # with the default (quick) experiment merged in
+    check_settings(cfg.data.name, [key for key in cfg.data if key != "name"])
 
 
 @pytest.mark.parametrize("mixer", MIXER_CONFIGS)
@@ -248,6 +257,38 @@ def test_short_real_run_on_fashion_mnist(tmp_path):
     row = train(cfg)  # the default experiment: Fashion-MNIST from Debian's package
     assert row["data"] == "fashion_mnist" and row["experiment"] == "fashion_mnist_quick"
     assert 25.0 < row["top1_final"] <= 100.0  # 30 plain steps beat chance (10%) on real data (measured: 36%)
+
+
+class InputShapes(L.Callback):
+    """Records the shape of every training batch's inputs."""
+
+    def __init__(self) -> None:
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.shapes.add(tuple(batch[0].shape))
+
+
+def test_quick_recipe_trains_on_an_image_folder_at_its_own_size(tmp_path):
+    files.write_imagefolder(tmp_path / "images", per_class=4, size=12)
+    overrides = ["data=imagefolder", f"data.root={tmp_path / 'images'}", "data.num_workers=0", "epochs=1",
+                 "batch_size=4", "trainer.accelerator=cpu", "print_table=false"]
+    assert run_folder(*overrides).startswith("runs/imagefolder_quick/mixup/e1_s0_a0.2_id")
+    shapes = InputShapes()
+    row = train(compose_cfg(*overrides, f"+run_dir={tmp_path / 'run'}"), callbacks=[shapes])
+    assert (row["experiment"], row["data"], row["model"]) == ("imagefolder_quick", "imagefolder", "small_convnet")
+    assert 0.0 <= row["top1_final"] <= 100.0 and read_result(tmp_path / "run") == row
+    assert shapes.shapes == {(4, 3, 12, 12)}  # 12 train images of 12x12, in batches of 4
+
+
+@pytest.mark.slow
+def test_a_data_setting_the_datamodule_does_not_take_is_one_line_and_exit_code_2(tmp_path):
+    files.write_imagefolder(tmp_path / "images")
+    result = cli(tmp_path, "data=imagefolder", "data.root=images", "+data.crop_padding=4")
+    assert result.returncode == 2
+    assert re.fullmatch(r"openmix-train: data\.crop_padding is not a setting of imagefolder "
+                        r"\(it takes: image_size, num_classes, in_chans, root, .*\)", result.stderr.strip())
+    assert not (tmp_path / "runs").exists()
 
 
 def test_slurm_launcher_config_composes_on_submitit():
