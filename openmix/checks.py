@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_int", "check_bool", "check_number", "wrapped_model_hint"]
+__all__ = ["check_int", "check_bool", "check_number"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -55,10 +55,3 @@ def check_number(name: str, value: Any, *, low: float, high: float | None = None
         bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return float(value)
-
-
-def wrapped_model_hint(model: object) -> str:
-    """An error-message hint for a model wrapped by DDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    if hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        return " (for a wrapped model, DistributedDataParallel or torch.compile, run the step on the module inside)"
-    return ""

@@ -190,10 +190,11 @@ class Mixer(nn.Module):
         index = partner_index(batch, self.pairing, device=device, generator=draws.device)
         if self.mode == "batch":
             lam = host_beta(self.alpha, draws.host)
-            return {"lam": torch.full((batch,), lam, device=device), "index": index, "batch_lam": lam}
+            lam_all = torch.full((batch,), lam, device=device, dtype=torch.float32)
+            return {"lam": lam_all, "index": index, "batch_lam": lam}
         lam = beta(self.alpha, batch, device=device, generator=draws.device)
         if self.prob < 1.0:
-            keep = torch.rand(batch, device=device, generator=draws.device) >= self.prob
+            keep = torch.rand(batch, device=device, generator=draws.device, dtype=torch.float32) >= self.prob
             lam = lam.masked_fill_(keep, 1.0)
         return {"lam": lam, "index": index}
 
@@ -333,7 +334,7 @@ def identity_params(x: Tensor) -> Params:
     """Params of a call that does not mix: ``lam`` ones, every sample its own partner."""
     batch = x.shape[0]
     return {
-        "lam": torch.ones(batch, device=x.device),
+        "lam": torch.ones(batch, device=x.device, dtype=torch.float32),
         "index": torch.arange(batch, device=x.device),
         "identity": True,
     }

@@ -52,7 +52,7 @@ class MixOutput:
         return cls(
             x=x,
             y=y,
-            lam=torch.ones(batch, device=x.device),
+            lam=torch.ones(batch, device=x.device, dtype=torch.float32),
             index=torch.arange(batch, device=x.device),
         )
 

@@ -47,15 +47,17 @@ def beta(alpha: float, n: int, *, device: torch.device | str = "cpu", generator:
         (torch.Size([5]), True)
     """
     if alpha == 0:
-        return torch.ones(n, device=device)
+        return torch.ones(n, device=device, dtype=torch.float32)
     if alpha >= 0.5:
-        gammas = torch._standard_gamma(torch.full((2, n), float(alpha), device=device), generator=generator)
+        alphas = torch.full((2, n), float(alpha), device=device, dtype=torch.float32)
+        gammas = torch._standard_gamma(alphas, generator=generator)
         return gammas[0] / gammas.sum(0)
     # Small alpha: float32 gammas underflow (both to the same subnormal, giving 0.5 where the
     # distribution puts almost no mass). Draw them in log space instead, using
     # Gamma(a) = Gamma(a + 1) * U ** (1 / a), and take lam = sigmoid(log g0 - log g1).
-    log_g = torch._standard_gamma(torch.full((2, n), float(alpha) + 1.0, device=device), generator=generator).log_()
-    log_g += torch.rand((2, n), device=device, generator=generator).log_().div_(alpha)
+    alphas = torch.full((2, n), float(alpha) + 1.0, device=device, dtype=torch.float32)
+    log_g = torch._standard_gamma(alphas, generator=generator).log_()
+    log_g += torch.rand((2, n), device=device, generator=generator, dtype=torch.float32).log_().div_(alpha)
     return torch.sigmoid(log_g[0] - log_g[1]).nan_to_num_(0.5)
 
 
@@ -74,7 +76,7 @@ def uniform(
         True
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return torch.rand(shape, device=device, generator=generator).mul_(high - low).add_(low)
+    return torch.rand(shape, device=device, generator=generator, dtype=torch.float32).mul_(high - low).add_(low)
 
 
 def partner_index(
@@ -108,14 +110,15 @@ def partner_indices(
 ) -> Tensor:
     """``count`` partners of each sample, int64 ``(count, batch)``, for mixers of more than two samples.
 
-    ``random``: ``count`` independent permutations. The fixed pairings shift by one more per row,
-    so that a sample's partners differ (for ``count < batch``): ``flip``, row ``k``:
-    ``i -> (B-1-k-i) mod B`` (row 0 is timm's flip); ``roll``, row ``k``: ``i -> i-1-k``.
+    ``random``: ``count`` independent permutations. The fixed pairings move on per row, so that a
+    sample's partners differ from each other and (for an even batch) from the sample:
+    ``flip``, row ``k``: ``i -> (B-1-2k-i) mod B`` (row 0 is timm's flip); ``roll``, row ``k``:
+    ``i -> i-1-k`` (row 0 is torchvision's roll).
 
     Example:
         >>> partner_indices(4, 2, "flip")
         tensor([[3, 2, 1, 0],
-                [2, 1, 0, 3]])
+                [1, 0, 3, 2]])
         >>> partner_indices(4, 2, "roll")
         tensor([[3, 0, 1, 2],
                 [2, 3, 0, 1]])
@@ -125,7 +128,7 @@ def partner_indices(
     shift = torch.arange(count, device=device).unsqueeze(1)
     i = torch.arange(batch, device=device)
     if pairing == "flip":
-        return (batch - 1 - shift - i).remainder_(batch)
+        return (batch - 1 - 2 * shift - i).remainder_(batch)
     if pairing == "roll":
         return (i - 1 - shift).remainder_(batch)
     raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
@@ -140,7 +143,7 @@ def host_coin(prob: float, generator: torch.Generator | None = None) -> bool:
         return True
     if prob <= 0.0:
         return False
-    return torch.rand((), generator=generator).item() < prob
+    return torch.rand((), generator=generator, dtype=torch.float32).item() < prob
 
 
 def host_beta(alpha: float, generator: torch.Generator | None = None) -> float:
@@ -164,7 +167,7 @@ def host_beta(alpha: float, generator: torch.Generator | None = None) -> float:
 @functools.lru_cache(maxsize=16)
 def _host_alphas(alpha: float) -> Tensor:
     """``(alpha, alpha)`` on the host, made once (callers must not modify it)."""
-    return torch.full((2,), alpha)
+    return torch.full((2,), alpha, dtype=torch.float32)
 
 
 def host_rows(*rows: Sequence[float], dtype: torch.dtype = torch.int64) -> tuple[Tensor, ...]:
@@ -184,7 +187,7 @@ def host_uniform(n: int, generator: torch.Generator | None = None) -> list[float
         >>> len(host_uniform(3, torch.Generator().manual_seed(0)))
         3
     """
-    return torch.rand(n, generator=generator).tolist()
+    return torch.rand(n, generator=generator, dtype=torch.float32).tolist()
 
 
 def host_box(
@@ -238,7 +241,8 @@ def random_boxes(
         >>> (hi - lo).tolist()[0] in ([4, 4], [4, 3], [3, 4], [3, 3], [2, 4], [4, 2], [2, 3], [3, 2], [2, 2])
         True
     """
-    centre = torch.rand((1 if shared else lam.shape[0], len(spatial)), device=lam.device, generator=generator)
+    shape = (1 if shared else lam.shape[0], len(spatial))
+    centre = torch.rand(shape, device=lam.device, generator=generator, dtype=torch.float32)
     return boxes_at(lam, centre.mul_(_sizes(tuple(spatial), lam.device)).floor_(), spatial)
 
 

@@ -45,7 +45,7 @@ def soft_targets(
             raise ValueError("integer class-id labels need num_classes (or pass soft targets of shape (B, C))")
         _check_range(y, num_classes)
         off = label_smoothing / num_classes
-        out = torch.full((y.shape[0], num_classes), off, device=y.device)
+        out = torch.full((y.shape[0], num_classes), off, device=y.device, dtype=torch.float32)
         return out.scatter_(1, y.long().unsqueeze(1), 1.0 - label_smoothing + off)
     if y.ndim == 2:
         if not y.is_floating_point():

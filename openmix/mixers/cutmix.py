@@ -90,7 +90,7 @@ class CutMix(Mixer):
     def _minmax_boxes(self, lam: Tensor, spatial: Sequence[int], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         sizes = _sizes(tuple(spatial), lam.device)
         low, high = (sizes * self.minmax[0]).floor(), (sizes * self.minmax[1]).floor()
-        draws = torch.rand((2, lam.shape[0], len(spatial)), device=lam.device, generator=generator)
+        draws = torch.rand((2, lam.shape[0], len(spatial)), device=lam.device, generator=generator, dtype=torch.float32)
         cut = (low + draws[0] * (high - low)).floor_()
         lo = (draws[1] * (sizes - cut + 1)).floor_()
         cut = torch.where(lam[:, None] < 1.0, cut, 0.0)  # samples skipped by prob get no box
@@ -100,7 +100,7 @@ class CutMix(Mixer):
         lo, hi, index = params["lo"], params["hi"], params["index"]
         if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one box known on the host
             mixed, kept, mask = paste_box(x, index, lo.tolist()[0], hi.tolist()[0])
-            kept = torch.full((x.shape[0],), kept, device=x.device)
+            kept = torch.full((x.shape[0],), kept, device=x.device, dtype=torch.float32)
         else:
             mixed, kept, mask = paste_boxes(x, index, lo, hi)
         if self.correct_lam or self.minmax is not None:
@@ -143,7 +143,7 @@ def paste_box(
     area = 1
     for a, b in zip(lo, hi):
         area *= max(b - a, 0)
-    mask = torch.ones((1, 1, *spatial), device=x.device)
+    mask = torch.ones((1, 1, *spatial), device=x.device, dtype=torch.float32)
     if area:
         mask[box] = 0.0
     if not (x.device.type != "cpu" if slices is None else slices):

@@ -77,7 +77,7 @@ class FMix(Mixer):
         field, batch_lam = params["field"], params.get("batch_lam")
         if batch_lam is not None and field.shape[0] == 1 and not self.max_soft:  # one mask, lam on the host
             mask, lam = _top_mask(field[0], batch_lam)
-            mask, lam = mask[None, None], torch.full((x.shape[0],), lam, device=x.device)
+            mask, lam = mask[None, None], torch.full((x.shape[0],), lam, device=x.device, dtype=torch.float32)
         else:
             mask = binarise(field, params["lam"][: field.shape[0]], self.max_soft).unsqueeze(1)  # (1 or B, 1, *spatial)
             lam = mask.flatten(1).mean(1).expand(x.shape[0])
@@ -123,7 +123,7 @@ def fourier_field(
     """
     spatial = tuple(int(s) for s in spatial)
     scale = _spectrum_scale(spatial, float(decay_power), torch.device(device))
-    noise = torch.randn((count, *scale.shape, 2), device=device, generator=generator)
+    noise = torch.randn((count, *scale.shape, 2), device=device, generator=generator, dtype=torch.float32)
     spectrum = torch.view_as_complex(noise.mul_(scale.unsqueeze(-1)))  # scale the real parts: no complex copy of it
     return torch.fft.irfftn(spectrum, s=spatial, dim=tuple(range(1, len(spatial) + 1)))
 
@@ -150,11 +150,11 @@ def _top_mask(field: Tensor, lam: float) -> tuple[Tensor, float]:
     num = int(np.rint(np.float32(lam) * np.float32(size)))  # as binarise rounds the float32 lam (half to even)
     flat = field.reshape(-1)
     if num * 2 <= size:
-        mask = torch.zeros(size, device=field.device)
+        mask = torch.zeros(size, device=field.device, dtype=torch.float32)
         if num:
             mask.index_fill_(0, flat.topk(num, sorted=False).indices, 1.0)
     else:
-        mask = torch.ones(size, device=field.device)
+        mask = torch.ones(size, device=field.device, dtype=torch.float32)
         if num < size:
             mask.index_fill_(0, flat.topk(size - num, largest=False, sorted=False).indices, 0.0)
     return mask.view(field.shape), num / size

@@ -84,7 +84,7 @@ class GridMix(Mixer):
             params.update(zip(grid, host_rows(*grid.values())))
             return params
         height, width = x.shape[2:]
-        u = torch.rand((6, x.shape[0]), device=x.device, generator=draws.device)
+        u = torch.rand((6, x.shape[0]), device=x.device, generator=draws.device, dtype=torch.float32)
 
         def pick(bounds: tuple[float, float], u: Tensor) -> Tensor:
             return u.mul(bounds[1] - bounds[0]).add_(bounds[0])
@@ -127,7 +127,7 @@ class GridMix(Mixer):
         batch, batch_lam = x.shape[0], params.get("batch_lam")
         if batch_lam is not None and all(t.shape[0] == 1 and t.device.type == "cpu" for t in (lo, size, cell)):
             mask, kept = _host_grid_mask(x.shape[2:], lo.tolist()[0], size.tolist()[0], cell.tolist()[0], batch_lam, x.device)
-            kept = torch.full((batch,), kept, device=x.device)
+            kept = torch.full((batch,), kept, device=x.device, dtype=torch.float32)
         else:
             lam = params["lam"][: lo.shape[0], None].float()
             hole = cell.float().mul(torch.sqrt(1.0 - lam)).floor_()
@@ -171,7 +171,7 @@ def _host_grid_mask(
     forces one way (``None``: by device).
     """
     if lam >= 1.0:
-        return torch.ones((1, 1, *spatial), device=device), 1.0
+        return torch.ones((1, 1, *spatial), device=device, dtype=torch.float32), 1.0
     # the hole sides in float32, as the per-sample path computes them from the float32 lam
     ratio = np.sqrt(np.float32(1.0) - np.float32(lam))
     pieces, counts = [], []
@@ -195,7 +195,7 @@ def _host_grid_mask(
                 profile[start : start + n * cell_side].reshape(n, cell_side)[:, :hole] = 1.0  # a view of the profile
             hits.append(profile)
         return torch.from_numpy(1.0 - np.outer(hits[0], hits[1])).view(1, 1, *spatial).to(device), kept
-    mask = torch.ones((1, 1, *spatial), device=device)
+    mask = torch.ones((1, 1, *spatial), device=device, dtype=torch.float32)
     for start_w, n_w, cell_w, hole_w in pieces[1]:  # columns first: unflattening them leaves the row axis in place
         cols = mask.narrow(3, start_w, n_w * cell_w).unflatten(3, (n_w, cell_w)).narrow(4, 0, hole_w)
         for start_h, n_h, cell_h, hole_h in pieces[0]:

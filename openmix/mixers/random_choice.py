@@ -106,7 +106,7 @@ class RandomChoice(Mixer):
         host = self._draws(x.device, generator, host_only=True).host  # one call of this mixer's streams
         if len(self.mixers) == 1:
             return 0
-        u = torch.rand((), generator=host).item()
+        u = torch.rand((), generator=host, dtype=torch.float32).item()
         return min(bisect.bisect_right(self._cumulative, u), len(self.mixers) - 1)
 
     def _split(self, params: Params) -> tuple[Mixer, Params]:

@@ -90,7 +90,7 @@ class ResizeMix(Mixer):
                 area *= b - a
             lam = 1.0 - area / spatial.numel()
             return {
-                "lam": torch.full((batch,), lam, device=device),
+                "lam": torch.full((batch,), lam, device=device, dtype=torch.float32),
                 "index": index,
                 "batch_lam": lam,
                 **dict(zip(("lo", "hi"), host_rows(lo, hi))),
@@ -101,10 +101,11 @@ class ResizeMix(Mixer):
             inside = (draw >= self.scope[0]) & (draw <= self.scope[1])
             tau = torch.where(inside, draw, tau) if self.alpha > 0 else torch.zeros_like(tau)
         if self.prob < 1.0:
-            tau = tau.masked_fill(torch.rand(batch, device=device, generator=draws.device) >= self.prob, 0.0)
+            skip = torch.rand(batch, device=device, generator=draws.device, dtype=torch.float32) >= self.prob
+            tau = tau.masked_fill(skip, 0.0)
         # per-axis Python sizes: a tensor made from them would be a host-to-device copy
         side = torch.stack([tau * size for size in spatial], 1).round_()
-        corner = torch.rand(side.shape, device=device, generator=draws.device)
+        corner = torch.rand(side.shape, device=device, generator=draws.device, dtype=torch.float32)
         lo = torch.stack([corner[:, i] * (size + 1 - side[:, i]) for i, size in enumerate(spatial)], 1).floor_()
         lam = 1.0 - side.prod(1) / spatial.numel()
         return {"lam": lam, "index": index, "lo": lo.long(), "hi": (lo + side).long()}
@@ -129,7 +130,7 @@ class ResizeMix(Mixer):
         batch, spatial = x.shape[0], x.shape[2:]
         if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one patch known on the host
             mixed, kept, mask = self._paste_resized(x, params["index"], lo.tolist()[0], hi.tolist()[0])
-            return mixed, torch.full((batch,), kept, device=x.device), mask
+            return mixed, torch.full((batch,), kept, device=x.device, dtype=torch.float32), mask
         mask = box_mask(lo, hi, spatial)  # (1 or B, 1, *spatial), 0 on the patch
         resize = _nearest_patch if self.interpolation == "nearest" else _linear_patch
         patch = _like(x, resize(gather_partner(x, params["index"]), lo, hi))
@@ -149,7 +150,7 @@ class ResizeMix(Mixer):
         batch, spatial = x.shape[0], x.shape[2:]
         sides = [b - a for a, b in zip(lo, hi)]
         mixed = x.clone()
-        mask = torch.ones((1, 1, *spatial), device=x.device)
+        mask = torch.ones((1, 1, *spatial), device=x.device, dtype=torch.float32)
         area = 1
         for side in sides:
             area *= max(side, 0)

@@ -71,7 +71,8 @@ class SmoothMix(Mixer):
                 share *= float(np.exp(-0.5 * np.square((np.arange(size) - c) / s)).mean())
             lam = 1.0 - share
             centre, sigma = host_rows(centre, sigma, dtype=torch.float32)
-            return {"index": index, "centre": centre, "sigma": sigma, "lam": torch.full((batch,), lam, device=device)}
+            lam_all = torch.full((batch,), lam, device=device, dtype=torch.float32)
+            return {"index": index, "centre": centre, "sigma": sigma, "lam": lam_all}
         params = self._draw_blobs(x, draws, index)
         profiles = self._profiles(params, spatial, device)
         share = profiles[0].mean(1)
@@ -83,13 +84,13 @@ class SmoothMix(Mixer):
     def _draw_blobs(self, x: Tensor, draws: Draws, index: Tensor) -> Params:
         batch, device, spatial = x.shape[0], x.device, x.shape[2:]
         low, high = self.sigma
-        u = torch.rand((batch, len(spatial) + 1), device=device, generator=draws.device)
+        u = torch.rand((batch, len(spatial) + 1), device=device, generator=draws.device, dtype=torch.float32)
         scale = u[:, -1] * (high - low) + low  # one sigma per blob, as a fraction of each side
         centre = torch.stack([u[:, i] * size - 0.5 for i, size in enumerate(spatial)], 1)
         sigma = torch.stack([scale * size for size in spatial], 1)
         params = {"index": index, "centre": centre, "sigma": sigma}
         if self.prob < 1.0:  # skipped samples get no blob
-            params["skip"] = torch.rand(batch, device=device, generator=draws.device) >= self.prob
+            params["skip"] = torch.rand(batch, device=device, generator=draws.device, dtype=torch.float32) >= self.prob
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
