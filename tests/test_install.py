@@ -21,7 +21,7 @@ def installed(tmp_path_factory) -> Path:
     wheels, target = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True)
-    [wheel] = wheels.glob("openmix-*.whl")
+    [wheel] = wheels.glob("openmix_torch-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     return target
 

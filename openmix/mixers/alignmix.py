@@ -1,9 +1,7 @@
 """AlignMix (Venkataramanan et al., CVPR 2022; arXiv 2103.15375): mixup of the last feature maps
 after aligning their positions by optimal transport.
 
-One training step (:meth:`AlignMix.step`), as the official code
-(``shashankvkt/AlignMixup_CVPR22``: ``cifar10_100/models/resnet18_classifier.py``,
-``utils/OT.py``) does it:
+One training step (:meth:`AlignMix.step`), as the official code does it (``docs/references.md``):
 
 1. one ``lam ~ Beta(alpha, alpha)`` (alpha 2) and a partner permutation for the batch; a fair
    coin chooses between
@@ -67,7 +65,7 @@ def sinkhorn(cost: Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0
              check_every: int | None = None) -> Tensor:
     """Entropic optimal transport plans between uniform marginals, batched, in the log domain.
 
-    The official ``SinkhornDistance`` (``utils/OT.py``): potentials ``u`` ``(B, N)`` and ``v``
+    The official ``SinkhornDistance``: potentials ``u`` ``(B, N)`` and ``v``
     ``(B, M)`` start at 0; each iteration sets
     ``u = eps * (log(1/N + 1e-8) - logsumexp_j((-cost + u_i + v_j) / eps)) + u``, then ``v`` the
     same way over ``i`` with the new ``u``, and stops once the batch mean of

@@ -1,6 +1,6 @@
-"""FMix (Harris et al., 2020): paste the partner through a thresholded low-frequency mask.
+"""FMix (Harris et al., arXiv 2002.12047): paste the partner through a thresholded low-frequency mask.
 
-Official code: https://github.com/ecs-vlc/FMix (``fmix.py``; OpenMixup copies it).
+Matches the official implementation, which OpenMixup copies (``docs/references.md``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """GridMix (Baek et al., Pattern Recognition 2021): paste the partner through a grid of holes.
 
-Reference: OpenMixup ``openmixup/models/augments/gridmix.py``, itself after
-https://github.com/IlyaDobrynin/GridMixup (GridMask + CutMix).
+OpenMixup's variant (GridMask holes + CutMix labels), which its tables use (``docs/references.md``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Manifold Mixup (Verma et al., ICML 2019; arXiv 1806.05236): mixup of hidden states at a layer
 drawn per step.
 
-One training step (:meth:`ManifoldMix.step`), as the official code
-(``vikasverma1077/manifold_mixup``, ``supervised/models/preresnet.py::forward``) does it:
+One training step (:meth:`ManifoldMix.step`), as the official code does it (``docs/references.md``):
 
 1. draw the mixing layer ``k`` uniformly from ``layers``, one ``lam ~ Beta(alpha, alpha)``
    and a partner permutation ``index`` for the batch;

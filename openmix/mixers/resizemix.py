@@ -1,6 +1,6 @@
-"""ResizeMix (Qin et al., 2020): paste the whole partner, shrunk, into each sample.
+"""ResizeMix (Qin et al., arXiv 2012.11101): paste the whole partner, shrunk, into each sample.
 
-Reference: OpenMixup ``openmixup/models/augments/resizemix.py`` (arXiv 2012.11101).
+Checked against OpenMixup's implementation, which its tables use (``docs/references.md``).
 """
 
 from __future__ import annotations
