@@ -32,7 +32,6 @@ from torch import nn
 
 from openmix.mixers.puzzlemix import (
     PuzzleProblem,
-    block_saliency,
     input_saliency,
     mask_transport,
     puzzle_energy,
@@ -41,6 +40,7 @@ from openmix.mixers.puzzlemix import (
     solve_puzzle,
     transport_blocks,
 )
+from openmix.mixers.puzzlemix.energy import block_saliency
 
 GRIDS = (2, 4, 8, 16)
 # the official code on 2 CPU cores, one process, batch 100 of 3x32x32 (ms per batch)

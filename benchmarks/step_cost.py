@@ -61,7 +61,7 @@ import openmix
 import openmix.layers.mix_block as mix_block_module
 import openmix.mixers.alignmix as alignmix_module
 import openmix.mixers.automix as automix_module
-import openmix.mixers.puzzlemix as puzzlemix_module
+import openmix.mixers.puzzlemix.mixer as puzzlemix_module  # where PuzzleMix's step looks up its parts
 from openmix.model_mixer import LearnedMixer
 from openmix.models import create_model
 from openmix.training import mix_step

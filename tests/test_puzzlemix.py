@@ -1,8 +1,9 @@
-"""PuzzleMix: the official energy, the batched solver's quality, transport, and the training step."""
+"""PuzzleMix: the official energy, the batched solver's quality, transport, the training step, per-dataset settings."""
 
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -19,10 +20,10 @@ from openmix.mixers.puzzlemix import (
     puzzle_problem,
     solve_puzzle,
     transport_blocks,
-    transport_cost,
 )
-from openmix.mixers.puzzlemix import _viterbi
-from openmix.training import mix_step
+from openmix.mixers.puzzlemix.solver import _viterbi
+from openmix.mixers.puzzlemix.transport import transport_cost
+from openmix.training import build_mixer, mix_step
 
 NUM_CLASSES = 5
 
@@ -396,6 +397,47 @@ def test_default_grids_are_the_official_ones_that_fit_the_image():
     assert drawn == {2, 4}  # 28 px: of {2, 4, 8, 16}, the sides that divide it
     assert {mixer.sample_params(torch.rand(2, 3, 32, 32))["block_num"] for _ in range(60)} == {2, 4, 8, 16}
     assert torch.isfinite(mix_step(model, mixer, torch.rand(2, 3, 28, 28), torch.tensor([0, 1])).loss)
+
+
+# ---------------------------------------------------------- per-dataset settings
+def composed_puzzlemix(experiment: str) -> openmix.Mixer:
+    """The PuzzleMix that ``openmix-train experiment=<experiment> mixer=puzzlemix`` builds."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from openmix.cli.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "mixer=puzzlemix"])
+    return build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), num_classes=NUM_CLASSES, seed=0)
+
+
+@pytest.mark.parametrize("experiment", ["imagenet_r50", "imagenet_r50_300ep"])
+def test_imagenet_experiments_transport_whole_blocks_on_grids_up_to_8(experiment):
+    # OpenMixup's ImageNet config: t_size=-1, block_num=4 (grid sides 2 ** randint(1, 4))
+    mixer = composed_puzzlemix(experiment)
+    assert mixer.t_size == -1 and mixer.block_nums == (2, 4, 8)
+    assert {mixer.sample_params(torch.rand(2, 3, 224, 224))["block_num"] for _ in range(40)} == {2, 4, 8}
+
+
+@pytest.mark.parametrize("experiment", ["cifar100_r18", "tinyimagenet_r18"])
+def test_cifar_and_tiny_imagenet_experiments_keep_the_official_settings(experiment):
+    # OpenMixup's CIFAR and Tiny-ImageNet configs: t_size=4, block_num=5 (grid sides {2, 4, 8, 16})
+    mixer = composed_puzzlemix(experiment)
+    assert mixer.t_size == 4 and mixer.block_nums is None
+
+
+def test_transport_in_small_cells_of_large_images_warns_once_and_names_t_size():
+    # 224 px in 4-pixel cells: a 56 x 56 transport grid, 2 B N^2 floats = 4.7 GiB for 64 images
+    x, y = torch.empty(64, 3, 224, 224, device="meta"), torch.zeros(64, dtype=torch.long, device="meta")
+    sal = torch.empty(64, 224, 224, device="meta")
+    mixer = puzzlemix(block_nums=(8,))
+    with pytest.warns(UserWarning, match=r"4-pixel cells \(t_size=4\), a 56x56 grid .* 4\.7 GiB .* t_size=-1"):
+        mixer(x, y, saliency=sal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixer(x, y, saliency=sal)  # once per mixer
+        puzzlemix(block_nums=(8,), t_size=-1)(x, y, saliency=sal)  # whole blocks: an 8 x 8 grid
 
 
 # -------------------------------------------------------------------- errors
