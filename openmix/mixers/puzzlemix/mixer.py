@@ -226,7 +226,7 @@ class PuzzleMix(ModelMixer):
                 eps = self.adv_eps / 255.0
                 params["adv"] = adv
                 params["adv_start"] = torch.empty_like(x).uniform_(-eps, eps, generator=draws.device)
-                params["adv_coef"] = float(torch.rand((), generator=draws.host))
+                params["adv_coef"] = float(torch.rand((), generator=draws.host, dtype=torch.float32))
         return params
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
