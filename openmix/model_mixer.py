@@ -174,7 +174,7 @@ class LearnedMixer(ModelMixer):
         self.lr = None if lr is None else check_number("lr", lr, low=0.0)
         self.min_lr = None if min_lr is None else check_number("min_lr", min_lr, low=0.0)
         self._grad_group: Any = None  # the process group to average the own gradients over in the coming backward
-        self._grad_hooks: dict[int, Any] = {}  # id(parameter) -> its hook handle
+        self._grad_hooks: dict[int, Any] = {}  # id(parameter) -> (the parameter, its hook handle)
 
     def attach(self, model: nn.Module, input_size: tuple[int, ...] | None = None) -> "LearnedMixer":
         """Build the mixer's own parts for ``model`` (unwrapped from DDP); returns ``self``.
@@ -219,7 +219,7 @@ class LearnedMixer(ModelMixer):
             return
         for p in self.parameters():
             if p.requires_grad and id(p) not in self._grad_hooks:
-                self._grad_hooks[id(p)] = p.register_post_accumulate_grad_hook(self._average_gradient)
+                self._grad_hooks[id(p)] = (p, p.register_post_accumulate_grad_hook(self._average_gradient))
 
     def _average_gradient(self, p: Tensor) -> None:
         group = self._grad_group
