@@ -2,9 +2,24 @@
 
 A training run leaves one folder holding ``config.yaml`` (the resolved config),
 ``metrics.csv`` (one line per epoch, at least ``epoch,val_top1,val_top5,train_loss``)
-and ``result.json``: one row (schema 1), written atomically when the run ends.
-A sweep is a folder of run folders, nested at any depth (Hydra's
-``multirun/<date>/<time>/<job_num>/``). Accuracies are in percent.
+and ``result.json``: one row (schema 1, built by :func:`result_row`), written atomically
+(:func:`write_atomic`) when the run ends. A sweep is a folder of run folders, nested at any
+depth (Hydra's ``multirun/<date>/<time>/<job_num>/``). Accuracies are in percent.
+
+A row's keys are those of :data:`FIELDS` and, optionally, :data:`OPTIONAL_FIELDS`. Its measured
+values (null when not measured, missing ones of :data:`OPTIONAL_MEASURED` too):
+
+- ``top1_final``, ``top1_best``, ``top1_median10`` (OpenMixup's metric) and ``top1_median5``
+  (OpenMixup's for 100-epoch ImageNet): the last, the best, and the median of the last 10 and
+  5 of the validation top-1 of each epoch; ``top5_final``: the last epoch's top-5.
+- ``wall_time_s``: seconds in training (Lightning's ``fit``: set-up, sanity check, training,
+  validation, checkpoints), summed over the run's attempts: a resumed run adds what its earlier
+  attempts spent up to the checkpoint it resumed from (what an attempt spent after its last
+  checkpoint went into epochs that were trained again, and is not counted).
+- ``images_per_s``: training images per second over all devices, from each epoch's first
+  training batch to its last (data loading in, validation out), over the same epochs: a
+  resumed run counts the images and seconds of the epochs its checkpoint holds too.
+- ``run_id`` (optional): :func:`run_id` of the run's config, as in its folder's name.
 
 A run is identified by its *defining settings* (:func:`defining_settings`): every setting
 of its config except those in :data:`NOT_DEFINING` (where data is read and results are
@@ -24,14 +39,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
+import socket
 import statistics
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +57,11 @@ __all__ = [
     "MEASURED",
     "RESULT_FILE",
     "METRICS_FILE",
+    "OPTIONAL_MEASURED",
+    "OPTIONAL_FIELDS",
     "ResultWarning",
+    "write_atomic",
+    "result_row",
     "write_result",
     "read_result",
     "result_exists",
@@ -63,6 +83,8 @@ METRICS_FILE = "metrics.csv"
 
 # Measured values: null when not measured (JSON has no NaN; a NaN given to write_result is written as null).
 MEASURED = ("top1_final", "top1_best", "top1_median10", "top5_final", "wall_time_s", "images_per_s")
+# Measured values that rows written before they existed (or by other tools) may lack: missing = not measured.
+OPTIONAL_MEASURED = ("top1_median5",)
 # key -> expected type of its value, as the schema's documentation says it.
 FIELDS: dict[str, str] = {
     "schema": "int", "experiment": "str or null", "mixer": "str", "alpha": "number or null",
@@ -70,6 +92,8 @@ FIELDS: dict[str, str] = {
     **{key: "number or null" for key in MEASURED},
     "host": "str", "device": "str", "num_devices": "int", "openmix_version": "str", "finished_at": "str",
 }
+# Keys a row may lack, each with the type its value must have when present.
+OPTIONAL_FIELDS: dict[str, str] = {**{key: "number or null" for key in OPTIONAL_MEASURED}, "run_id": "str"}
 _IS = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
@@ -96,20 +120,87 @@ class ResultWarning(UserWarning):
     """A result file that could not be read and was skipped."""
 
 
+def result_row(
+    config: Mapping[str, Any],
+    history: Sequence[float],
+    *,
+    top5: float | None,
+    wall_time_s: float | None,
+    images_per_s: float | None,
+    device: str = "cpu",
+    num_devices: int = 1,
+    host: str | None = None,
+    finished_at: str | None = None,
+) -> dict[str, Any]:
+    """The result row of a run, from its config and what it measured (see the module docstring).
+
+    Args:
+        config: the run's resolved config: ``name``, ``mixer.name``, ``mixer.alpha``, ``data.name``,
+            ``model.name``, ``epochs``, ``seed`` go into the row, all of it into ``run_id``.
+        history: the validation top-1 of each epoch, oldest first (empty: none measured).
+        top5: the last epoch's validation top-5.
+        wall_time_s: seconds in training, earlier attempts included.
+        images_per_s: training images per second, earlier attempts included.
+        device: the device's name (a GPU's model, or ``"cpu"``).
+        num_devices: how many devices trained.
+        host: the machine; this one when not given.
+        finished_at: an ISO 8601 time; now (UTC) when not given.
+
+    Returns:
+        A valid row, non-finite measured values as ``None``.
+
+    Raises:
+        ValueError: the row is not valid (a config value of the wrong type).
+
+    Example:
+        >>> config = {"name": "quick", "mixer": {"name": "mixup", "alpha": 0.2}, "data": {"name": "fashion_mnist"},
+        ...           "model": {"name": "small_convnet"}, "epochs": 3, "seed": 0}
+        >>> row = result_row(config, [80.0, 84.0, 83.0], top5=99.0, wall_time_s=60.0, images_per_s=float("nan"))
+        >>> row["top1_final"], row["top1_best"], row["top1_median10"], row["images_per_s"]
+        (83.0, 84.0, 83.0, None)
+    """
+    from openmix import __version__
+
+    row = {
+        "schema": SCHEMA,
+        "experiment": config.get("name"),
+        "mixer": config["mixer"]["name"],
+        "alpha": config["mixer"].get("alpha"),
+        "data": config["data"]["name"],
+        "model": config["model"]["name"],
+        "epochs": config["epochs"],
+        "seed": config["seed"],
+        "top1_final": float(history[-1]) if history else None,
+        "top1_best": float(max(history)) if history else None,
+        "top1_median10": median_of_last(history, 10) if history else None,
+        "top1_median5": median_of_last(history, 5) if history else None,
+        "top5_final": top5,
+        "wall_time_s": wall_time_s,
+        "images_per_s": images_per_s,
+        "host": host or socket.gethostname(),
+        "device": device,
+        "num_devices": num_devices,
+        "openmix_version": __version__,
+        "finished_at": finished_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id(config),
+    }
+    return _checked(row)
+
+
+_EXAMPLE_CONFIG = {"name": "cifar100_r18", "mixer": {"name": "cutmix", "alpha": 0.2}, "data": {"name": "cifar100"},
+                   "model": {"name": "cifar_resnet18"}, "epochs": 200, "seed": 0}
+_EXAMPLE_HISTORY = (77.9, 78.0, 78.2, 78.2, 78.3, 78.5, 78.2, 78.0, 78.4, 78.1)  # final 78.1, best 78.5, medians 78.2
+
+
 def example_row(**changes: Any) -> dict[str, Any]:
-    """A valid schema-1 row with made-up numbers, for examples and tests.
+    """A valid schema-1 row with made-up numbers (from :func:`result_row`), for examples and tests.
 
     Example:
         >>> example_row(mixer="mixup", alpha=1.0)["mixer"]
         'mixup'
     """
-    row: dict[str, Any] = {
-        "schema": SCHEMA, "experiment": "cifar100_r18", "mixer": "cutmix", "alpha": 0.2,
-        "data": "cifar100", "model": "cifar_resnet18", "epochs": 200, "seed": 0,
-        "top1_final": 78.1, "top1_best": 78.5, "top1_median10": 78.2, "top5_final": 94.0,
-        "wall_time_s": 1234.5, "images_per_s": 5000.0, "host": "node12", "device": "cpu",
-        "num_devices": 1, "openmix_version": "0.1.0", "finished_at": "2026-11-26T20:00:00+00:00",
-    }
+    row = result_row(_EXAMPLE_CONFIG, _EXAMPLE_HISTORY, top5=94.0, wall_time_s=1234.5, images_per_s=5000.0,
+                     host="node12", finished_at="2026-11-26T20:00:00+00:00")
     unknown = set(changes) - set(row)
     if unknown:
         raise ValueError(f"example_row got unknown keys {sorted(unknown)}; row keys are {list(row)}")
@@ -121,7 +212,7 @@ def _problems(row: Mapping[str, Any]) -> list[str]:
     """Everything wrong with ``row`` as a schema-1 result row (empty when it is valid)."""
     missing = [key for key in FIELDS if key not in row]
     problems = [f"missing keys {missing}"] if missing else []
-    for key, spec in FIELDS.items():
+    for key, spec in (FIELDS | OPTIONAL_FIELDS).items():
         if key not in row:
             continue
         value, kind = row[key], spec.removesuffix(" or null")
@@ -147,7 +238,7 @@ def _checked(row: Any) -> dict[str, Any]:
     if not isinstance(row, Mapping):
         raise TypeError(f"a result row must be a mapping, got {type(row).__name__}")
     row = dict(row)
-    for key in MEASURED:
+    for key in (*MEASURED, *OPTIONAL_MEASURED):
         if isinstance(row.get(key), float) and not math.isfinite(row[key]):
             row[key] = None
     problems = _problems(row)
@@ -156,13 +247,43 @@ def _checked(row: Any) -> dict[str, Any]:
     return row
 
 
-def write_result(run_dir: PathLike, row: Mapping[str, Any]) -> Path:
-    """Validate ``row`` and write it to ``run_dir/result.json`` atomically.
+def write_atomic(path: PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, as it is: no newline translation) to ``path`` in one step.
 
-    The row goes to a temporary file in the same folder, which then replaces
-    ``result.json`` in one step (``os.replace``): readers see the old file or the
-    new one, never half a row. Keys beyond the schema are kept. A measured value
-    (:data:`MEASURED`) that is NaN or infinite is written as null: not measured.
+    It goes to a temporary file beside ``path``, flushed to disk, which then replaces ``path``
+    (``os.replace``): readers see the old file or the new one, never part of one. On failure the
+    temporary file is removed and ``path`` is left as it was. Missing folders are created.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_atomic(Path(tempfile.mkdtemp()) / "out" / "table.md", "| a | b |")
+        >>> path.read_text(), [p.name for p in path.parent.iterdir()]
+        ('| a | b |', ['table.md'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temp.open("wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_result(run_dir: PathLike, row: Mapping[str, Any]) -> Path:
+    """Validate ``row`` and write it to ``run_dir/result.json`` atomically (:func:`write_atomic`).
+
+    Readers see the old file or the new one, never half a row. Keys beyond the schema are
+    kept. A measured value (:data:`MEASURED`, :data:`OPTIONAL_MEASURED`) that is NaN or
+    infinite is written as null: not measured.
 
     Args:
         run_dir: the run folder; created when missing.
@@ -189,19 +310,7 @@ def write_result(run_dir: PathLike, row: Mapping[str, Any]) -> Path:
         text = json.dumps(row, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as err:
         raise ValueError(f"result row is not JSON-serializable: {err}") from None
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RESULT_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run_dir / RESULT_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return run_dir / RESULT_FILE
+    return write_atomic(Path(run_dir) / RESULT_FILE, text)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -446,7 +555,8 @@ def append_metrics(run_dir: PathLike, line: Mapping[str, Any]) -> None:
 def keep_metrics_until(run_dir: PathLike, epoch: int) -> None:
     """Drop the lines of ``run_dir/metrics.csv`` after ``epoch`` (a run restarting there rewrites them).
 
-    The file is replaced in one step; nothing happens when it is missing or has no such lines.
+    The file is replaced in one step (:func:`write_atomic`); nothing happens when it is missing
+    or has no such lines.
 
     Example:
         >>> import tempfile
@@ -473,7 +583,6 @@ def keep_metrics_until(run_dir: PathLike, epoch: int) -> None:
     kept = [lines[0], *filter(keep, lines[1:])]
     if len(kept) == len(lines):
         return
-    temp = path.with_name(f".{METRICS_FILE}.tmp")
-    with temp.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(temp, path)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    write_atomic(path, text.getvalue())

@@ -7,16 +7,24 @@ from pathlib import Path
 import pytest
 
 from openmix.results import (
+    SCHEMA,
     ResultWarning,
     append_metrics,
     example_row,
     find_results,
+    keep_metrics_until,
     median_of_last,
     read_metrics,
     read_result,
     result_exists,
+    result_row,
+    run_id,
+    write_atomic,
     write_result,
 )
+
+CONFIG = {"name": "quick", "mixer": {"name": "cutmix", "alpha": 1.0}, "data": {"name": "fashion_mnist"},
+          "model": {"name": "small_convnet"}, "epochs": 12, "seed": 3, "optim": {"lr": 0.1}}
 
 
 def test_write_then_read_round_trips_the_row(tmp_path):
@@ -71,16 +79,77 @@ def test_write_rejects_wrong_types_and_values(tmp_path, key, value, message):
         write_result(tmp_path, example_row(**{key: value}))
 
 
+def test_optional_keys_may_be_missing_but_are_checked_when_present(tmp_path):
+    row = example_row()
+    del row["top1_median5"], row["run_id"]
+    write_result(tmp_path, row)  # a row from before these keys existed
+    assert read_result(tmp_path) == row
+    with pytest.raises(ValueError, match="'top1_median5' must be number or null, got str"):
+        write_result(tmp_path, example_row(top1_median5="77.0"))
+
+
 def test_nullable_keys_accept_null(tmp_path):
     write_result(tmp_path, example_row(alpha=None, experiment=None))
     assert result_exists(tmp_path)
 
 
 def test_unmeasured_values_are_written_as_null(tmp_path):
-    write_result(tmp_path, example_row(images_per_s=float("nan"), top5_final=float("inf")))
+    write_result(tmp_path, example_row(images_per_s=float("nan"), top5_final=float("inf"), top1_median5=float("nan")))
     assert '"images_per_s": null' in (tmp_path / "result.json").read_text()
     row = read_result(tmp_path)
-    assert (row["images_per_s"], row["top5_final"], row["top1_final"]) == (None, None, 78.1)
+    assert (row["images_per_s"], row["top5_final"], row["top1_median5"], row["top1_final"]) == (None, None, None, 78.1)
+
+
+def test_result_row_takes_the_top1_values_from_the_history():
+    history = [float(v) for v in range(1, 13)]  # 12 epochs: 1, 2, ..., 12
+    history[1] = 50.0  # the best epoch, before the last 10
+    row = result_row(CONFIG, history, top5=99.0, wall_time_s=60.0, images_per_s=2000.0)
+    assert (row["top1_final"], row["top1_best"]) == (12.0, 50.0)
+    assert (row["top1_median10"], row["top1_median5"]) == (7.5, 10.0)  # medians of 3..12 and of 8..12
+
+
+def test_result_row_takes_the_settings_from_the_config_and_writes_the_schema():
+    row = result_row(CONFIG, [80.0], top5=None, wall_time_s=None, images_per_s=None, device="NVIDIA H200",
+                     num_devices=2)
+    assert row["schema"] == SCHEMA and row["run_id"] == run_id(CONFIG)
+    assert [row[k] for k in ("experiment", "mixer", "alpha", "data", "model", "epochs", "seed")] == [
+        "quick", "cutmix", 1.0, "fashion_mnist", "small_convnet", 12, 3]
+    assert (row["device"], row["num_devices"]) == ("NVIDIA H200", 2)
+
+
+def test_result_row_without_history_has_nothing_measured(tmp_path):
+    row = result_row(CONFIG, [], top5=float("nan"), wall_time_s=3.0, images_per_s=float("nan"))
+    assert [row[k] for k in ("top1_final", "top1_best", "top1_median10", "top1_median5", "top5_final")] == [None] * 5
+    write_result(tmp_path, row)
+    assert read_result(tmp_path) == row
+
+
+def test_example_row_is_a_result_row():
+    row = example_row()
+    assert set(row) == set(result_row(CONFIG, [1.0], top5=None, wall_time_s=None, images_per_s=None))
+    assert (row["top1_final"], row["top1_best"], row["top1_median10"]) == (78.1, 78.5, 78.2)
+
+
+def test_write_atomic_writes_text_and_bytes_as_they_are_and_leaves_no_temporary_file(tmp_path):
+    write_atomic(tmp_path / "a" / "t.csv", "x,y\r\n1,2\n")
+    write_atomic(tmp_path / "a" / "p.png", b"\x89PNG\r\n")
+    assert (tmp_path / "a" / "t.csv").read_bytes() == b"x,y\r\n1,2\n"
+    assert (tmp_path / "a" / "p.png").read_bytes() == b"\x89PNG\r\n"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["p.png", "t.csv"]
+
+
+def test_failed_metrics_rewrite_keeps_the_old_file(tmp_path, monkeypatch):
+    for epoch in (1, 2):
+        append_metrics(tmp_path, {"epoch": epoch, "val_top1": 1.0})
+    before = (tmp_path / "metrics.csv").read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        keep_metrics_until(tmp_path, 1)
+    assert (tmp_path / "metrics.csv").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
 
 
 def test_read_result_is_none_without_a_file_and_raises_on_a_corrupt_one(tmp_path):
