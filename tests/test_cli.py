@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import data_files as files
@@ -18,6 +19,7 @@ import openmix
 from openmix.cli.train import CONFIG_DIR, ConfigError, train, validate
 from openmix.data import check_settings
 from openmix.lightning import MixupClassifier
+from openmix.lightning.logging import TrainThroughput
 from openmix.results import example_row, read_result, write_result
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
@@ -147,6 +149,35 @@ def test_resumed_run_continues_exactly(tmp_path):
     assert [line["epoch"] for line in resumed] == ["1", "2", "3"]
     for key in ("train_loss", "val_loss", "val_top1"):
         assert float(resumed[2][key]) == pytest.approx(float(straight[2][key]), rel=1e-5), key
+
+
+class Clocks(L.Callback):
+    """What a run's clocks read, from inside it: the seconds since its set-up at its last training
+    batch and at its teardown, and its TrainThroughput's images and seconds when an epoch ends."""
+
+    def setup(self, trainer, pl_module, stage):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_batch = time.perf_counter() - self.started
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        throughput = next(c for c in trainer.callbacks if isinstance(c, TrainThroughput))
+        self.images, self.train_seconds = throughput.images, throughput.seconds
+
+    def teardown(self, trainer, pl_module, stage):
+        self.ended = time.perf_counter() - self.started
+
+
+def test_resumed_run_reports_the_time_and_images_of_every_attempt(tmp_path):
+    """Stop after 1 of 2 epochs, resume: wall time and images/s cover both attempts, not only the last."""
+    first, second = Clocks(), Clocks()
+    with pytest.raises(Interrupted):
+        run(tmp_path, "epochs=2", callbacks=[first, InterruptAt(1)])
+    row = run(tmp_path, "epochs=2", callbacks=[second])
+    assert row["wall_time_s"] >= first.last_batch + second.ended  # the first attempt's time up to its checkpoint
+    assert second.images == 2 * first.images and second.train_seconds > first.train_seconds
+    assert row["images_per_s"] == pytest.approx(second.images / second.train_seconds)
 
 
 def run_folder(*overrides: str) -> str:

@@ -15,11 +15,7 @@ A folder whose ``config.yaml`` differs in a defining setting is never skipped or
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -144,8 +140,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import torch
 
     from openmix.lightning import MixupClassifier
-    from openmix.lightning.logging import EpochLines, EpochMetricsCSV, TrainThroughput
-    from openmix.results import median_of_last, read_result, result_exists, run_id, write_result
+    from openmix.lightning.logging import EpochLines, EpochMetricsCSV, TrainThroughput, WallTime
+    from openmix.results import read_result, result_exists, result_row, write_atomic, write_result
 
     validate(cfg)
     run_dir = run_dir_of(cfg)
@@ -178,12 +174,13 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     )
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     print(f"[openmix] {cfg.name}: {cfg.mixer.name} on {cfg.data.name} / {cfg.model.name}, {cfg.epochs} epochs, "
           f"seed {cfg.seed} -> {run_dir}" + (f" (resuming {resume_from.name})" if resume_from else ""))
-    throughput = TrainThroughput()
+    wall_time, throughput = WallTime(), TrainThroughput()  # both carried across resumes in the checkpoint
     terminal = sys.stdout.isatty()
     run_callbacks: list[L.Callback] = [
+        wall_time,  # first: it starts before the other callbacks set up
         # checkpoints/last.ckpt after every epoch, overwritten (Lightning 2.6 writes save_last=True files only
         # when it also saves a top-k checkpoint, so that option with save_top_k=0 saves at the end of fit only)
         L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
@@ -203,34 +200,19 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         enable_model_summary=False,
         **trainer_kwargs,
     )
-    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.global_rank != 0:
         return {}
-    history, device = module.val_top1_history, trainer.strategy.root_device
-    row = {
-        "schema": 1,
-        "experiment": cfg.name,
-        "mixer": mixer_cfg["name"],
-        "alpha": mixer_cfg.get("alpha"),
-        "data": cfg.data.name,
-        "model": cfg.model.name,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "top1_final": history[-1] if history else float("nan"),
-        "top1_best": max(history) if history else float("nan"),
-        "top1_median10": median_of_last(history, 10) if history else float("nan"),
-        "top1_median5": median_of_last(history, 5) if history else None,  # OpenMixup's 100-epoch ImageNet metric
-        "top5_final": float(trainer.callback_metrics.get("val/top5", float("nan"))),
-        "wall_time_s": time.perf_counter() - started,
-        "images_per_s": throughput.images_per_second,
-        "host": socket.gethostname(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "num_devices": trainer.world_size,
-        "openmix_version": __import__("openmix").__version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_id": run_id(config),
-    }
+    device, top5 = trainer.strategy.root_device, trainer.callback_metrics.get("val/top5")
+    row = result_row(
+        config,
+        module.val_top1_history,
+        top5=None if top5 is None else float(top5),
+        wall_time_s=wall_time.seconds,
+        images_per_s=throughput.images_per_second,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        num_devices=trainer.world_size,
+    )
     write_result(run_dir, row)
     return row
 
@@ -241,12 +223,6 @@ def _remove_empty_tree(folder: Path, stop: Path) -> None:
     while folder != stop and stop in folder.parents and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
         folder = folder.parent
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def check_checkpoint(path: Path) -> None:

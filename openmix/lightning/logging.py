@@ -1,4 +1,4 @@
-"""Small callbacks that record what a run did: per-epoch metrics, training throughput, a line per epoch."""
+"""Small callbacks that record what a run did: per-epoch metrics, training throughput and time, a line per epoch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import lightning as L
 
 from openmix.results import append_metrics, keep_metrics_until
 
-__all__ = ["EpochMetricsCSV", "TrainThroughput", "EpochLines"]
+__all__ = ["EpochMetricsCSV", "TrainThroughput", "WallTime", "EpochLines"]
 
 
 def _validated_this_epoch(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -45,7 +45,10 @@ class EpochMetricsCSV(L.Callback):
 class TrainThroughput(L.Callback):
     """Training images per second over all devices, from each epoch's first training batch to its
     last (data loading included, validation excluded; one device sync per epoch on CUDA), for the
-    whole run (``images_per_second``) and for the last epoch (``epoch_images_per_second``)."""
+    whole run (``images_per_second``) and for the last epoch (``epoch_images_per_second``).
+
+    The images and seconds so far are kept in the checkpoint, so a resumed run counts the
+    epochs of its earlier attempts too."""
 
     def __init__(self) -> None:
         self.images = 0
@@ -77,6 +80,12 @@ class TrainThroughput(L.Callback):
             self.seconds += time.perf_counter() - self._start
             self._start = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.images, self.seconds = state_dict["images"], state_dict["seconds"]
+
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else float("nan")
@@ -85,6 +94,36 @@ class TrainThroughput(L.Callback):
     def epoch_images_per_second(self) -> float:
         images, seconds = self.images - self._epoch_start[0], self.seconds - self._epoch_start[1]
         return images / seconds if seconds else float("nan")
+
+
+class WallTime(L.Callback):
+    """Seconds a run has spent in ``fit`` (``seconds``): this attempt's since its set-up and, in a
+    resumed run, its earlier attempts' up to the checkpoint it resumed from (kept in the checkpoint).
+
+    Example:
+        >>> clock = WallTime()
+        >>> clock.load_state_dict({"seconds": 60.0})  # as a resume from a checkpoint does
+        >>> 60.0 <= clock.seconds < 70.0
+        True
+    """
+
+    def __init__(self) -> None:
+        self.earlier = 0.0
+        self._started = time.perf_counter()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier = state_dict["seconds"]
 
 
 class EpochLines(L.Callback):
