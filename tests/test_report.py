@@ -1,13 +1,15 @@
 """openmix-report: tables from fake run folders, published columns, CSV, plot, and the published CSVs."""
 
 import csv
+import os
 import statistics
 from pathlib import Path
 
 import pytest
 
-from openmix.cli.report import PUBLISHED_DIR, available_papers, load_published, main
-from openmix.results import append_metrics, example_row, write_result
+from openmix.cli.report import main
+from openmix.reporting import PUBLISHED_DIR, available_papers, build_tables, load_published
+from openmix.results import ResultWarning, append_metrics, example_row, write_result
 
 # top1_median10 of each seed, per (mixer, epochs); the spreads differ so cells cannot be confused.
 VALUES = {
@@ -248,7 +250,7 @@ PUBLISHED_TEXT = {
     ("tinyimagenet_r18", "alignmix (pub)"): "| alignmix (pub) | | 66.87 | - |",
     ("fashion_mnist_r18", "FMix"): "baseline 95.70, mixup 96.28, cutmix 96.03, FMix 96.36.",
 }
-EXPECTED = {  # what the CSV must hold for the line above: alpha and the value per column
+EXPECTED = {  # what the CSV must hold for the line above: alpha and the value per column (of any metric)
     ("cifar100_r18", "cutmix"): (0.2, {"200": 79.45, "400": 79.58, "800": 78.17, "1200": 78.29}),
     ("cifar100_r18", "attentivemix+"): (2.0, {"200": 79.62, "400": 80.14, "800": 78.91, "1200": 78.41}),
     ("cifar100_r18", "alignmix (pub)"): (2.0, {"200": None, "400": None, "800": None, "1200": 81.71}),
@@ -285,7 +287,7 @@ def test_published_cells_match_the_reference_text(key):
     paper, method = key
     [row] = [row for row in load_published(paper).rows if row.method == method]
     alpha, values = EXPECTED[key]
-    assert (row.alpha, row.values) == (alpha, values)
+    assert (row.alpha, row.values | row.other_metric) == (alpha, values)
     text = PUBLISHED_TEXT[key]
     for value in filter(None, values.values()):
         assert f"{value:.2f}" in text
@@ -303,7 +305,76 @@ def test_fashion_mnist_table_is_marked_second_hand():
     assert all("second-hand" in row.note for row in load_published("fashion_mnist_r18").rows)
 
 
+def test_alignmix_numbers_are_marked_as_another_metric_in_every_table():
+    """The AlignMix (pub) rows hold the official repository's results (best epoch, its own epochs)."""
+    rows = [(name, row) for name in available_papers() for row in load_published(name).rows if row.mixer == "alignmix"]
+    assert {name for name, _ in rows} == {"cifar100_r18", "imagenet_r50", "tinyimagenet_r18"}
+    for name, row in rows:
+        assert row.other_metric and not any(row.values.values()), name
+        assert all(f"({value:.2f})" in row.note for value in row.other_metric.values()), name
+
+
+def test_published_value_of_another_metric_is_shown_in_parentheses_and_never_compared(capsys, tmp_path):
+    for seed in (0, 1):
+        write_result(tmp_path / f"a{seed}", example_row(mixer="alignmix", alpha=2.0, epochs=1200, seed=seed,
+                                                        top1_median10=80.0 + seed))
+    code, out, _ = report(capsys, tmp_path, "--paper", "cifar100_r18", "--csv", tmp_path / "t.csv")
+    assert code == 0
+    assert cells(out, "method")[3:6] == ["1200", "1200 pub", "1200 Δ"]
+    assert cells(out, "alignmix (pub)")[3:6] == ["80.50 ± 0.71", "(81.71)", ""]
+    assert "in parentheses is of another metric" in out and "best epoch of a 2000-epoch run" in out
+    with (tmp_path / "t.csv").open(newline="") as f:
+        [alignmix] = [row for row in csv.DictReader(f) if row["mixer"] == "alignmix"]
+    assert (alignmix["1200_mean"], alignmix["1200_published"], alignmix["1200_diff"]) == ("80.5", "", "")
+
+
+def test_published_csv_reads_numbers_in_parentheses_as_another_metric(tmp_path):
+    paper = tmp_path / "mine.csv"
+    paper.write_text("method,mixer,alpha,200,400\nCutMix,cutmix,0.2, (79.00) ,80.0\n")
+    [row] = load_published(paper).rows
+    assert (row.values, row.other_metric) == ({"200": None, "400": 80.0}, {"200": 79.0})
+    paper.write_text("method,mixer,alpha,200\nCutMix,cutmix,0.2,()\n")
+    with pytest.raises(ValueError, match=r"column '200': expected a number in the parentheses, got '\(\)'"):
+        load_published(paper)
+
+
 def test_median_of_the_last_5_epochs_is_a_metric(capsys, tmp_path):
     write_result(tmp_path / "r", {**example_row(mixer="mixup", alpha=0.2, epochs=100), "top1_median5": 77.5})
     code, out, _ = report(capsys, tmp_path, "--metric", "top1_median5")
     assert code == 0 and cells(out, "mixup")[2] == "77.50"
+
+
+def row_without(key: str, **changes) -> dict:
+    row = example_row(**changes)
+    del row[key]
+    return row
+
+
+def test_rows_without_the_metric_key_are_left_out_with_a_warning():
+    rows = [row_without("top1_median5", seed=0), example_row(seed=1, top1_median5=77.0)]
+    with pytest.warns(ResultWarning, match="top1_median5 was not measured in a run; run left out"):
+        [table] = build_tables(rows, metric="top1_median5")
+    assert table.lines[0].cells == {"200": [77.0]}
+
+
+def test_report_of_top1_median5_leaves_out_runs_written_without_it(capsys, tmp_path):
+    write_result(tmp_path / "old", row_without("top1_median5", mixer="mixup", alpha=0.2, epochs=100))
+    write_result(tmp_path / "new", example_row(mixer="mixup", alpha=0.2, epochs=100, seed=1, top1_median5=77.5))
+    code, out, err = report(capsys, tmp_path, "--metric", "top1_median5")
+    assert code == 0 and cells(out, "mixup")[2] == "77.50"
+    assert f"top1_median5 was not measured in {tmp_path / 'old'}; run left out" in err
+
+
+@pytest.mark.parametrize("option", ["--markdown", "--csv"])
+def test_a_failed_table_write_leaves_the_old_file_whole(capsys, sweep, tmp_path, monkeypatch, option):
+    path = tmp_path / "out" / "table"
+    path.parent.mkdir()
+    path.write_text("the old table\n")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        main([str(sweep), option, str(path)])
+    assert path.read_text() == "the old table\n" and [p.name for p in path.parent.iterdir()] == ["table"]
