@@ -114,6 +114,8 @@ NOT_DEFINING = frozenset({
     "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.max_time", "trainer.profiler",
 })
+# Datasets whose identity is their folder (a user's own images): for them ``data.root`` defines the run.
+DATA_BY_FOLDER = frozenset({"imagefolder"})
 
 
 class ResultWarning(UserWarning):
@@ -421,12 +423,14 @@ def _canonical(value: Any) -> Any:
 
 def _defining(config: Mapping[str, Any]) -> dict[str, Any]:
     flat = _flatten(config)
-    keep = {
-        key: value
-        for key, value in flat.items()
-        if value is not None and not any(key == k or key.startswith(k + ".") for k in NOT_DEFINING)
-    }
-    return dict(sorted(keep.items()))
+    by_folder = flat.get("data.name") in DATA_BY_FOLDER
+
+    def defines(key: str) -> bool:
+        if by_folder and key == "data.root":
+            return True
+        return not any(key == k or key.startswith(k + ".") for k in NOT_DEFINING)
+
+    return dict(sorted((key, value) for key, value in flat.items() if value is not None and defines(key)))
 
 
 def defining_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -434,6 +438,8 @@ def defining_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Everything except the keys in :data:`NOT_DEFINING` (and what lies below them); a null
     value counts as not set (configs use null for "the default"), and integral floats as ints.
+    For a dataset that is its folder (:data:`DATA_BY_FOLDER`: ``imagefolder``), ``data.root``
+    defines the run: two folders of images are two runs.
 
     Example:
         >>> defining_settings({"seed": 0, "out_dir": "runs", "mixer": {"name": "cutmix", "alpha": 1.0, "minmax": None}})

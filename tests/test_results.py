@@ -19,6 +19,7 @@ from openmix.results import (
     result_exists,
     result_row,
     run_id,
+    setting_differences,
     write_atomic,
     write_result,
 )
@@ -225,3 +226,12 @@ def test_metrics_lines_must_match_the_header(tmp_path):
     append_metrics(tmp_path, {"epoch": 1, "val_top1": 1.0, "val_top5": 5.0, "train_loss": 4.0})
     with pytest.raises(ValueError, match="differ from the header"):
         append_metrics(tmp_path, {"epoch": 2, "val_top1": 2.0})
+
+
+def test_the_folder_of_an_image_folder_defines_its_run_but_not_that_of_a_named_dataset():
+    def config(data: str, root: str) -> dict:
+        return {"seed": 0, "mixer": {"name": "mixup", "alpha": 0.2}, "data": {"name": data, "root": root}}
+
+    assert run_id(config("imagefolder", "photos/cats")) != run_id(config("imagefolder", "photos/dogs"))
+    assert run_id(config("cifar100", "data")) == run_id(config("cifar100", "/scratch/data"))
+    assert setting_differences(config("imagefolder", "a"), config("imagefolder", "b")) == [("data.root", "a", "b")]
