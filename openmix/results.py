@@ -103,12 +103,13 @@ _IS = {
 PathLike = str | os.PathLike
 
 # Settings (dotted paths, each with everything below it) that do not change what a run computes:
-# its name and folders, where data is read, worker and progress settings, the accelerator and
+# its name and folders, where data is read, what is evaluated after training (``eval``), worker and
+# progress settings, the accelerator and
 # strategy (the devices and nodes, which set the global batch, do define it), and what to do
 # with an existing folder. ``published_alpha``, ``published_min_lr`` and ``published_mixer`` only feed
 # ``mixer.*`` and ``optim.scheduler.min_lr``, which are defining.
 NOT_DEFINING = frozenset({
-    "hydra", "name", "out_dir", "run_dir", "skip_done", "resume", "print_table", "published_alpha",
+    "hydra", "name", "out_dir", "run_dir", "skip_done", "resume", "print_table", "eval", "published_alpha",
     "published_min_lr", "published_mixer",
     "channels_last", "data.root", "data.num_workers", "data.download", "data.pin_memory",
     "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
