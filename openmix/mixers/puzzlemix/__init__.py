@@ -7,8 +7,8 @@ One module per job:
 * :mod:`.energy`: the official labelling energy of the block masks;
 * :mod:`.solver`: its batched minimisation (exact row DP, chain dual decomposition), the masks;
 * :mod:`.transport`: the official greedy transport of the blocks;
-* :mod:`.pixels`: per-channel normalisation, for the data term and the adversarial step;
-* :mod:`.mixer`: :class:`PuzzleMix`, the step that puts them together (registered ``"puzzlemix"``).
+* :mod:`.mixer`: :class:`PuzzleMix`, the step that puts them together (registered ``"puzzlemix"``);
+  its data term and adversarial step work in pixels (:mod:`openmix.pixels`).
 
 The design (why this solver, the official code's int32 overflow, the transport's tie rules,
 memory and image sizes): ``docs/puzzlemix.md``.

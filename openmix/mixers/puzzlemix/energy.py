@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.mixers.puzzlemix.pixels import denormalize
+from openmix.pixels import denormalize
 
 __all__ = ["PuzzleProblem", "block_saliency", "puzzle_problem", "binomial_prior", "puzzle_energy"]
 

@@ -32,7 +32,7 @@ from openmix.checks import check_number
 from openmix.losses import Criterion, model_mixer_loss, soft_cross_entropy
 from openmix.mixer import DataInfo, Draws, Params, gather_partner
 from openmix.mixers.puzzlemix.energy import block_saliency, puzzle_problem
-from openmix.mixers.puzzlemix.pixels import denormalize, normalize
+from openmix.pixels import denormalize, normalize
 from openmix.mixers.puzzlemix.saliency import _saliency_pass
 from openmix.mixers.puzzlemix.solver import SOLVERS, solve_puzzle
 from openmix.mixers.puzzlemix.transport import mask_transport, transport_blocks

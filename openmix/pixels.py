@@ -1,4 +1,5 @@
-"""Per-channel normalisation, both ways: PuzzleMix's data term and adversarial step work in pixels.
+"""Per-channel normalisation, both ways: for what works in pixels (PuzzleMix's data term and
+adversarial step, corruptions and attacks in evaluation).
 
 Inputs ``(B, C, ...)`` arrive normalised with a dataset's ``mean``/``std`` (one value, or one
 per channel); ``None`` for both means they already are pixels in ``[0, 1]``.
