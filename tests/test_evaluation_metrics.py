@@ -1,12 +1,15 @@
-"""Evaluation beyond top-1: calibration metrics and reliability bins."""
+"""Evaluation beyond top-1: calibration metrics and reliability bins, FGSM/PGD in pixel space."""
 
 import json
 import math
 
 import pytest
 import torch
+from torch import nn
 
+from openmix.evaluation.adversarial import fgsm, pgd
 from openmix.evaluation.calibration import ReliabilityBins, calibration_metrics, plot_reliability, reliability_bins
+from openmix.pixels import denormalize, normalize
 
 # ------------------------------------------------------------------ calibration
 # Five samples of three classes, as probabilities (the logits are their logs plus a row offset,
@@ -101,3 +104,99 @@ def test_plot_reliability_writes_a_png(tmp_path):
     plot_reliability(curves, path, title="toy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["reliability.png"]
+
+
+# ------------------------------------------------------------------ attacks
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.5, 2.0)
+
+
+def linear_model(features: int, classes: int = 3) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, classes)).eval()
+
+
+def input_gradient_sign(model: nn.Module, pixels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy gradient of a linear model on pixels, in closed form: (softmax - onehot) @ W."""
+    linear = model[1]
+    with torch.no_grad():
+        probs = linear(pixels.flatten(1)).softmax(1)
+        gradient = (probs - nn.functional.one_hot(y, probs.shape[1])) @ linear.weight
+    return gradient.sign().view_as(pixels)
+
+
+def test_fgsm_moves_each_pixel_by_eps_along_the_gradient_sign():
+    model = linear_model(12)
+    with torch.no_grad():
+        model[1].weight[:, 5] = 0  # pixel 5 has no gradient
+    pixels, y = 0.3 + 0.4 * torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])  # eps away from 0 and 1
+    moved = fgsm(model, pixels, y, 0.1) - pixels
+    sign = input_gradient_sign(model, pixels, y)
+    assert bool((sign.flatten(1)[:, 5] == 0).all()) and int(sign.count_nonzero()) == 4 * 11
+    torch.testing.assert_close(moved, 0.1 * sign, atol=1e-6, rtol=0)
+
+
+def test_fgsm_moves_pixels_not_normalised_values_by_eps():
+    pixels, y = 0.3 + 0.4 * torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    x = normalize(pixels, MEAN, STD)
+    adversarial = fgsm(linear_model(12), x, y, 0.1, mean=MEAN, std=STD)
+    torch.testing.assert_close((denormalize(adversarial, MEAN, STD) - pixels).abs(), torch.full_like(x, 0.1))
+
+
+def test_fgsm_clamps_pixels_to_the_unit_range():
+    pixels = torch.tensor([0.0, 1.0, 0.05, 0.95]).repeat(4, 3, 1).view(4, 3, 2, 2)
+    adversarial = fgsm(linear_model(12), pixels, torch.tensor([0, 1, 2, 0]), 0.5)
+    assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
+
+
+def test_pgd_stays_in_the_eps_ball_and_the_unit_range():
+    pixels, y = torch.rand(6, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    x = normalize(pixels, MEAN, STD)
+    adversarial = denormalize(pgd(linear_model(12), x, y, 0.1, steps=5, mean=MEAN, std=STD,
+                                  generator=torch.Generator().manual_seed(0)), MEAN, STD)
+    assert float((adversarial - pixels).abs().max()) <= 0.1 + 1e-6
+    assert float(adversarial.min()) >= -1e-6 and float(adversarial.max()) <= 1 + 1e-6
+
+
+def test_pgd_is_deterministic_given_the_generator():
+    model, x, y = linear_model(12), torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    # Small steps, so the end point depends on the random start (large ones all reach the same corner).
+    first, second, other = (pgd(model, x, y, 0.1, step=0.01, steps=2, generator=torch.Generator().manual_seed(seed))
+                            for seed in (3, 3, 4))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_pgd_flips_exactly_the_predictions_an_eps_attack_can_flip():
+    # Two classes with logit margin m(x) = 2 * sum(x) - 3.5 over 4 pixels: within eps = .1 the sum
+    # moves by at most .4 and the margin by .8. Constant images at .5 (m = .5) and .375 (m = -.5)
+    # flip; .8 (m = 2.9) and .1 (m = -2.7) cannot.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0] * 4, [-1.0] * 4]))
+        model[1].bias.copy_(torch.tensor([-1.75, 1.75]))
+    x, y = torch.tensor([0.5, 0.375, 0.8, 0.1]).view(4, 1, 1, 1).expand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])
+    assert torch.equal(model(x).argmax(1), y)
+    adversarial = pgd(model, x, y, 0.1, generator=torch.Generator().manual_seed(0))
+    assert model(adversarial).argmax(1).tolist() == [1, 0, 0, 1]
+
+
+@pytest.mark.parametrize("attack", [fgsm, pgd])
+def test_attacks_create_no_parameter_grad(attack):
+    model = linear_model(12)
+    attack(model, torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]), 0.1)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("attack", [fgsm, pgd])
+def test_attacks_work_under_no_grad(attack):
+    x = normalize(torch.full((4, 3, 2, 2), 0.5), MEAN, STD)
+    with torch.no_grad():
+        adversarial = attack(linear_model(12), x, torch.tensor([0, 1, 2, 0]), 0.1, mean=MEAN, std=STD)
+    assert not torch.equal(adversarial, x)
+
+
+@pytest.mark.parametrize("attack", [fgsm, pgd])
+def test_attacks_keep_the_input_dtype(attack):
+    x = normalize(torch.rand(4, 3, 2, 2, dtype=torch.float64), MEAN, STD)
+    adversarial = attack(linear_model(12).double(), x, torch.tensor([0, 1, 2, 0]), 0.1, mean=MEAN, std=STD)
+    assert adversarial.dtype == torch.float64
