@@ -1,4 +1,4 @@
-"""Evaluation beyond top-1: calibration metrics and reliability bins, FGSM/PGD in pixel space."""
+"""Evaluation beyond top-1: calibration metrics and reliability bins, FGSM/PGD in pixel space, occlusion."""
 
 import json
 import math
@@ -9,6 +9,7 @@ from torch import nn
 
 from openmix.evaluation.adversarial import fgsm, pgd
 from openmix.evaluation.calibration import ReliabilityBins, calibration_metrics, plot_reliability, reliability_bins
+from openmix.evaluation.occlusion import occlude, occlusion_accuracy
 from openmix.pixels import denormalize, normalize
 
 # ------------------------------------------------------------------ calibration
@@ -200,3 +201,82 @@ def test_attacks_keep_the_input_dtype(attack):
     x = normalize(torch.rand(4, 3, 2, 2, dtype=torch.float64), MEAN, STD)
     adversarial = attack(linear_model(12).double(), x, torch.tensor([0, 1, 2, 0]), 0.1, mean=MEAN, std=STD)
     assert adversarial.dtype == torch.float64
+
+
+# ------------------------------------------------------------------ occlusion
+@pytest.mark.parametrize("fraction, cells", [(0.25, 4), (0.3, 5), (1.0, 16)])  # of 16 cells; round(.3 * 16) = 5
+def test_occlude_hides_the_stated_area(fraction, cells):
+    hidden = occlude(torch.ones(3, 2, 8, 8), fraction, patch=2, generator=torch.Generator().manual_seed(0))
+    assert (hidden == 0).sum((2, 3)).tolist() == [[cells * 4] * 2] * 3
+
+
+def test_occlude_hides_whole_grid_cells():
+    hidden = occlude(torch.ones(3, 1, 8, 8), 0.4, patch=2, generator=torch.Generator().manual_seed(0))
+    cells = hidden.view(3, 4, 2, 4, 2)  # (image, row, y in cell, column, x in cell)
+    assert torch.equal(cells.amin((2, 4)), cells.amax((2, 4)))
+
+
+def test_occlude_crops_cells_to_the_image():
+    hidden = occlude(torch.ones(2, 1, 6, 6), 1.0, patch=4, generator=torch.Generator().manual_seed(0))
+    assert bool((hidden == 0).all())
+
+
+def test_occlude_draws_cells_per_image():
+    hidden = occlude(torch.ones(4, 1, 8, 8), 0.25, patch=2, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(image.flatten().tolist()) for image in hidden}) > 1
+
+
+def test_occlude_is_deterministic_given_the_seed():
+    pixels = torch.rand(4, 3, 8, 8)
+    first, second = (occlude(pixels, 0.3, generator=torch.Generator().manual_seed(5), patch=2) for _ in range(2))
+    assert torch.equal(first, second)
+
+
+def test_occlude_with_fraction_zero_is_the_identity():
+    pixels = torch.rand(4, 3, 8, 8)
+    assert torch.equal(occlude(pixels, 0.0, generator=torch.Generator().manual_seed(0)), pixels)
+
+
+def test_occlude_grows_the_hidden_cells_with_the_fraction():
+    small, large = (occlude(torch.ones(4, 1, 8, 8), f, patch=2, generator=torch.Generator().manual_seed(0)) == 0
+                    for f in (0.2, 0.5))
+    assert bool((large | ~small).all()) and int(large.sum()) > int(small.sum())
+
+
+class MeanPixel(nn.Module):
+    """Class 0 when an image's mean pixel exceeds .75, else class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = denormalize(x, (0.5,), (0.25,)).mean((1, 2, 3))
+        return torch.stack([m - 0.75, 0.75 - m], 1)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_occlusion_accuracy_hand_computed(batch_size):
+    # White images, 16 cells of 2x2, black fill: fractions .1, .2, .3, .4, .5 hide 2, 3, 5, 6, 8
+    # cells, leaving mean pixels 14/16, 13/16 (> .75: right), 11/16, 10/16, 8/16 (wrong).
+    x = normalize(torch.ones(5, 1, 8, 8), (0.5,), (0.25,))
+    curve = occlusion_accuracy(MeanPixel(), x, torch.zeros(5, dtype=torch.long), mean=(0.5,), std=(0.25,),
+                               patch=2, batch_size=batch_size)
+    assert curve == {0.0: 100.0, 0.1: 100.0, 0.2: 100.0, 0.3: 0.0, 0.4: 0.0, 0.5: 0.0}
+
+
+class Recorder(nn.Module):
+    """A linear model that keeps every input it sees."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear, self.seen = nn.Linear(64, 3), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x)
+        return self.linear(x.flatten(1))
+
+
+def test_occlusion_hides_the_same_patches_for_every_model():
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    first, second = Recorder(0), Recorder(1)
+    for model in (first, second):
+        occlusion_accuracy(model, x, y, (0.2, 0.5), seed=7, patch=2)
+    assert all(torch.equal(a, b) for a, b in zip(first.seen, second.seen, strict=True))
