@@ -57,6 +57,10 @@ __all__ = [
     "MEASURED",
     "RESULT_FILE",
     "METRICS_FILE",
+    "EVAL_FILE",
+    "WEIGHTS_FILE",
+    "write_eval",
+    "read_eval",
     "OPTIONAL_MEASURED",
     "OPTIONAL_FIELDS",
     "ResultWarning",
@@ -80,6 +84,8 @@ __all__ = [
 SCHEMA = 1
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
+EVAL_FILE = "eval.json"  # openmix.evaluation's metrics of the trained model, beside the result row
+WEIGHTS_FILE = "model.pt"  # the trained model's final state_dict
 
 # Measured values: null when not measured (JSON has no NaN; a NaN given to write_result is written as null).
 MEASURED = ("top1_final", "top1_best", "top1_median10", "top5_final", "wall_time_s", "images_per_s")
@@ -400,6 +406,37 @@ def find_results(paths: PathLike | Iterable[PathLike]) -> list[dict[str, Any]]:
         row["run_dir"] = str(file.parent)
         rows.append(row)
     return rows
+
+
+def write_eval(run_dir: PathLike, metrics: Mapping[str, Any]) -> Path:
+    """Write an evaluation's metrics (:func:`openmix.evaluation.evaluate`) to ``run_dir/eval.json``
+    atomically; non-finite numbers are written as null."""
+    text = json.dumps(_finite(metrics), indent=2, allow_nan=False) + "\n"
+    return write_atomic(Path(run_dir) / EVAL_FILE, text)
+
+
+def read_eval(run_dir: PathLike) -> dict[str, Any] | None:
+    """The metrics in ``run_dir/eval.json``, or ``None`` when the run has none or the file is unreadable
+    (with a :class:`ResultWarning`)."""
+    path = Path(run_dir) / EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        warnings.warn(f"skipping {path}: not a readable JSON file ({err})", ResultWarning, stacklevel=2)
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from openmix.cli.train import CONFIG_DIR, ConfigError, train, validate
 from openmix.data import check_settings
 from openmix.lightning import MixupClassifier
 from openmix.lightning.logging import TrainThroughput
-from openmix.results import example_row, read_result, write_result
+from openmix.results import example_row, read_eval, read_result, write_result
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 MIXER_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "mixer").glob("*.yaml"))
@@ -29,6 +29,7 @@ DATA_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml")
 TINY = [
     "data=synthetic", "data.num_samples=64", "data.num_val_samples=32", "data.image_size=16", "batch_size=16",
     "+model.kwargs.channels=[8,8,8,8]", "+model.kwargs.stem_width=8", "trainer.accelerator=cpu", "print_table=false",
+    "eval.enabled=false",  # tests/test_evaluation.py covers the evaluation after training
 ]
 
 
@@ -284,10 +285,15 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_short_real_run_on_fashion_mnist(tmp_path):
     cfg = compose_cfg(f"+run_dir={tmp_path / 'run'}", "epochs=1", "mixer=vanilla", "+trainer.limit_train_batches=30",
-                      "+trainer.limit_val_batches=20", "trainer.accelerator=cpu", "print_table=false")
+                      "+trainer.limit_val_batches=20", "trainer.accelerator=cpu", "print_table=false",
+                      "eval.subset=100", "eval.pgd_steps=2", "eval.corruptions=[gaussian_noise,defocus_blur,rotate]")
     row = train(cfg)  # the default experiment: Fashion-MNIST from Debian's package
     assert row["data"] == "fashion_mnist" and row["experiment"] == "fashion_mnist_quick"
     assert 25.0 < row["top1_final"] <= 100.0  # 30 plain steps beat chance (10%) on real data (measured: 36%)
+    metrics = read_eval(tmp_path / "run")  # and it is evaluated on the whole real test set (and 100 of its images)
+    assert metrics["num_test"] == 10_000 and metrics["num_subset"] == 100 and 0.0 <= metrics["ece"] <= 100.0
+    assert metrics["fgsm_top1"] <= metrics["subset_top1"] and set(metrics["corruption"]) == {
+        "gaussian_noise", "defocus_blur", "rotate"}
 
 
 class InputShapes(L.Callback):
@@ -302,7 +308,7 @@ class InputShapes(L.Callback):
 
 def test_quick_recipe_trains_on_an_image_folder_at_its_own_size(tmp_path):
     files.write_imagefolder(tmp_path / "images", per_class=4, size=12)
-    overrides = ["data=imagefolder", f"data.root={tmp_path / 'images'}", "data.num_workers=0", "epochs=1",
+    overrides = ["data=imagefolder", f"data.root={tmp_path / 'images'}", "data.num_workers=0", "epochs=1", "eval.enabled=false",
                  "batch_size=4", "trainer.accelerator=cpu", "print_table=false"]
     assert run_folder(*overrides).startswith("runs/imagefolder_quick/mixup/e1_s0_a0.2_id")
     shapes = InputShapes()

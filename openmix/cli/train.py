@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
 
     import openmix
     from openmix.data import available_datasets
+    from openmix.evaluation import EvalSettings
     from openmix.models import create_model
     from openmix.training import build_mixer
 
@@ -80,6 +81,7 @@ def validate(cfg: DictConfig) -> None:
         with torch.device("meta"):
             create_model(cfg.model.name, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans,
                          **_model_kwargs(cfg))
+        EvalSettings.from_config(OmegaConf.to_container(cfg.eval, resolve=True) if cfg.get("eval") else None)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
 
@@ -214,7 +216,27 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         num_devices=trainer.world_size,
     )
     write_result(run_dir, row)
+    _save_and_evaluate(module.model, datamodule, run_dir, config.get("eval"))
     return row
+
+
+def _save_and_evaluate(model: Any, datamodule: Any, run_dir: Path, eval_config: Any) -> None:
+    """Write the trained model's ``state_dict`` (``model.pt``), then, unless ``eval`` is off, its
+    evaluation beyond top-1 (``eval.json``, see :mod:`openmix.evaluation`)."""
+    import io
+
+    import torch
+
+    from openmix.evaluation import EvalSettings, evaluate
+    from openmix.results import WEIGHTS_FILE, write_atomic, write_eval
+
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in model.state_dict().items()}, buffer)
+    write_atomic(run_dir / WEIGHTS_FILE, buffer.getvalue())
+    settings = EvalSettings.from_config(eval_config)
+    if settings is not None:
+        device = next(model.parameters()).device
+        write_eval(run_dir, evaluate(model, datamodule, settings, device=device))
 
 
 def _remove_empty_tree(folder: Path, stop: Path) -> None:

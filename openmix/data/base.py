@@ -177,6 +177,12 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> Any:
         return self.val_dataloader()
 
+    def evaluation_dataloader(self, device: torch.device | str | None = None) -> Any:
+        """The whole validation split, in order, on one process (no DDP shard): for evaluation after
+        training. ``device`` is where the batches may live (the on-device path puts them there)."""
+        self._require_setup()
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
     def __repr__(self) -> str:
         def fact(name: str) -> Any:
             try:
@@ -373,3 +379,10 @@ class TensorDataModule(ImageDataModule):
         device, rank, world = self._placement()
         x, y = self._on("val", device)
         return DeviceLoader(x, y, self.eval_batch_size, self.mean, self.std, rank=rank, world_size=world)
+
+    def evaluation_dataloader(self, device: torch.device | str | None = None) -> DeviceLoader | DataLoader:
+        self._require_setup()
+        if not self.on_device:
+            return self._loader(TensorImageDataset(*self.val_set, self.val_transform()), self.eval_batch_size, False)
+        x, y = self._on("val", torch.device(device if device is not None else "cpu"))
+        return DeviceLoader(x, y, self.eval_batch_size, self.mean, self.std)

@@ -1,4 +1,5 @@
-"""Validation top-1 against epoch, from the ``metrics.csv`` of each run, beside published values."""
+"""Plots of a sweep: validation top-1 against epoch (from each run's ``metrics.csv``, beside published
+values), and, from each run's ``eval.json``, accuracy against corruption severity."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from openmix.reporting.published import Published
 from openmix.reporting.tables import MethodKey, as_alpha, match_published, method_order
 from openmix.results import ResultWarning, read_metrics, write_atomic
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_severity", "plot_reliability_by_method"]
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Published | None = None) -> None:
@@ -86,3 +87,94 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Publish
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
     write_atomic(path, png.getvalue())
+
+
+def plot_severity(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Plot accuracy against corruption severity, one panel per (data, model, epochs), one line per
+    method: at severity 0 the clean accuracy of the evaluation subset, at 1-5 the mean over the
+    corruptions, each the mean over seeds (from each run's ``eval.json``); save as PNG, atomically.
+
+    Raises:
+        ValueError: no run has corruption metrics.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from openmix.reporting.evaluation import evaluation_of
+
+    panels: dict[tuple, dict[MethodKey, list[list[float]]]] = {}  # group -> method -> [accuracy by severity] per seed
+    for row in rows:
+        evaluation = evaluation_of(row)
+        if not evaluation or "corruption" not in evaluation:
+            continue
+        table = list(evaluation["corruption"].values())
+        curve = [evaluation["subset_top1"]] + [statistics.fmean(t["top1"][s] for t in table) for s in range(5)]
+        key = (row["data"], row["model"], f"{row['epochs']} epochs")
+        panels.setdefault(key, {}).setdefault((row["mixer"], as_alpha(row["alpha"])), []).append(curve)
+    if not panels:
+        raise ValueError("nothing to plot: no run has an eval.json with corruption metrics (run openmix-eval)")
+    ncols = min(len(panels), 2)
+    fig = Figure(figsize=(7.0 * ncols, 4.6 * math.ceil(len(panels) / ncols)), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, group in enumerate(sorted(panels)):
+        ax = fig.add_subplot(math.ceil(len(panels) / ncols), ncols, i + 1)
+        methods = sorted(panels[group], key=method_order)
+        cmap = _colormap(len(methods))
+        for j, (mixer, alpha) in enumerate(methods):
+            curves = panels[group][(mixer, alpha)]
+            mean = [statistics.fmean(values) for values in zip(*curves)]
+            ax.plot(range(6), mean, "-o", ms=3, lw=1.4, color=cmap(j % cmap.N), label=mixer)
+        ax.set(title=" · ".join(group), xlabel="corruption severity (0: clean)", ylabel="top-1 (%)",
+               xticks=range(6))
+        ax.legend(fontsize="small", ncols=2)
+        ax.grid(alpha=0.3)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    write_atomic(path, png.getvalue())
+
+
+def plot_reliability_by_method(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Reliability diagrams, one panel per (data, model, epochs, method): the bins of each run's
+    ``eval.json`` pooled over seeds (counts added, confidence and accuracy weighted by them); PNG.
+
+    Raises:
+        ValueError: no run has reliability bins.
+    """
+    from openmix.evaluation.calibration import ReliabilityBins, plot_reliability
+    from openmix.reporting.evaluation import evaluation_of
+
+    pooled: dict[tuple, list[ReliabilityBins]] = {}  # (data, model, epochs, mixer, alpha) -> each seed's bins
+    for row in rows:
+        evaluation = evaluation_of(row)
+        if evaluation and evaluation.get("reliability"):
+            key = (row["data"], row["model"], row["epochs"], row["mixer"], as_alpha(row["alpha"]))
+            pooled.setdefault(key, []).append(ReliabilityBins.from_dict(evaluation["reliability"]))
+    if not pooled:
+        raise ValueError("nothing to plot: no run has an eval.json with reliability bins (run openmix-eval)")
+    groups = {key[:3] for key in pooled}
+    curves = {}
+    for key in sorted(pooled, key=lambda k: (str(k[:3]), method_order(k[3:]))):
+        data, model, epochs, mixer, alpha = key
+        name = mixer + ("" if alpha is None else f" α={alpha:g}")
+        curves[name if len(groups) == 1 else f"{name} · {data} · {model} · {epochs} ep"] = _pool(pooled[key])
+    title = " · ".join(map(str, next(iter(groups)))) + " epochs" if len(groups) == 1 else None
+    plot_reliability(curves, path, title=title)
+
+
+def _pool(curves: list[Any]) -> Any:
+    """Bins of several runs as one: counts added, mean confidence and accuracy weighted by the counts."""
+    from openmix.evaluation.calibration import ReliabilityBins
+
+    count = [sum(c.count[b] for c in curves) for b in range(len(curves[0].count))]
+
+    def weighted(field: str) -> tuple[float | None, ...]:
+        return tuple(sum(c.count[b] * getattr(c, field)[b] for c in curves if c.count[b]) / n if n else None
+                     for b, n in enumerate(count))
+
+    return ReliabilityBins(curves[0].edges, weighted("confidence"), weighted("accuracy"), tuple(count))
+
+
+def _colormap(count: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if count <= 10 else "tab20"]
