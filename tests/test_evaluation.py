@@ -155,8 +155,11 @@ def test_openmix_report_tabulates_and_plots_the_evaluation(tmp_path, capsys):
     runs = evaluated_runs(tmp_path)
     assert openmix_report([str(runs), "--metric", "ece"]) == 0 and "2.50 ± 0.71" in capsys.readouterr().out
     assert openmix_report([str(runs), "--metrics", "ece,mce,time_ratio", "--severity", str(tmp_path / "sev.png"),
-                           "--reliability", str(tmp_path / "rel.png")]) == 0
+                           "--reliability", str(tmp_path / "rel.png"), "--csv", str(tmp_path / "table.csv")]) == 0
     assert "| method" in capsys.readouterr().out
+    header, vanilla, cutmix = (tmp_path / "table.csv").read_text().splitlines()
+    assert header.endswith("ece_mean,ece_std,ece_n,mce_mean,mce_std,mce_n,time_ratio_mean,time_ratio_std,time_ratio_n")
+    assert ",cutmix,1.0,2.5,0.7071" in cutmix and ",vanilla,,2.5," in vanilla
     for png in ("sev.png", "rel.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert openmix_report([str(runs), "--metrics", "ece,speed"]) == 2

@@ -35,6 +35,7 @@ from openmix.reporting import (
 from openmix.reporting.evaluation import (
     DERIVED_METRICS,
     EVAL_METRICS,
+    format_metric_csv,
     format_metric_markdown,
     metric_tables,
     with_evaluation,
@@ -99,7 +100,10 @@ def _report(args: argparse.Namespace) -> int:
         if unknown:
             print(f"openmix-report: unknown metrics {unknown}; known: {', '.join(ALL_METRICS)}", file=sys.stderr)
             return 2
-        text = format_metric_markdown(metric_tables(rows, metrics))
+        tables = metric_tables(rows, metrics)
+        text = format_metric_markdown(tables)
+        if args.csv:
+            write_atomic(args.csv, format_metric_csv(tables))
     else:
         tables = build_tables(rows, column=args.columns, metric=args.metric, paper=paper)
         text = format_markdown(tables)

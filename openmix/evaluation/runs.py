@@ -58,6 +58,8 @@ def load_run(run_dir: str | Path, **data_changes: Any) -> tuple[nn.Module, Any, 
     model = create_model(config["model"]["name"], num_classes=datamodule.num_classes, in_chans=datamodule.in_chans,
                          **(config["model"].get("kwargs") or {}))
     model.load_state_dict(weights)
+    if config.get("channels_last"):  # as it trained (faster convolutions on CPU and GPU)
+        model = model.to(memory_format=torch.channels_last)
     return model, datamodule, config
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from openmix.results import read_eval
 
 __all__ = ["EVAL_METRICS", "DERIVED_METRICS", "with_evaluation", "MetricTable", "metric_tables",
-           "format_metric_markdown", "LOWER_IS_BETTER"]
+           "format_metric_markdown", "format_metric_csv", "LOWER_IS_BETTER"]
 
 EVAL_METRICS = ("ece", "adaptive_ece", "nll", "brier", "corruption_top1", "fgsm_top1", "pgd_top1", "occlusion_top1")
 DERIVED_METRICS = ("mce", "time_ratio")
@@ -141,6 +141,25 @@ def format_metric_markdown(tables: Sequence[MetricTable]) -> str:
                    f"(lowest for {', '.join(m for m in table.metrics if m in LOWER_IS_BETTER) or 'none'}, else highest)")
         out += [f"## {title}", "", caption, "", fmt(header), rule, *map(fmt, body), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def format_metric_csv(tables: Sequence[MetricTable]) -> str:
+    """The tables as one CSV: the group keys, ``method,alpha``, then ``<metric>_mean,<metric>_std,<metric>_n``."""
+    import csv
+    import io
+
+    metrics = list(dict.fromkeys(m for table in tables for m in table.metrics))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*_GROUP, "method", "alpha", *(f"{m}_{part}" for m in metrics for part in ("mean", "std", "n"))])
+    for table in tables:
+        for mixer, alpha, values in table.lines:
+            cells: list[Any] = [*(table.group.get(k) for k in _GROUP), mixer, alpha]
+            for metric in metrics:
+                v = values.get(metric, [])
+                cells += [statistics.fmean(v) if v else None, statistics.stdev(v) if len(v) > 1 else None, len(v)]
+            writer.writerow(["" if c is None else c for c in cells])
+    return out.getvalue()
 
 
 def evaluation_of(row: dict[str, Any]) -> dict[str, Any] | None:
