@@ -228,7 +228,7 @@ def _gather(batches: Batches, count: int, chosen: Tensor, device: torch.device) 
 
 
 def _top1(logits: Tensor, labels: Tensor) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+    return 100.0 * float((logits.argmax(1) == labels).double().mean())
 
 
 @torch.no_grad()
