@@ -20,6 +20,8 @@ __all__ = [
     "binary_cross_entropy",
     "decoupled_mixup_loss",
     "softmax_bce",
+    "sparse_cross_entropy",
+    "dense_cross_entropy",
     "model_mixer_loss",
     "MODEL_MIXER_LOSSES",
     "SoftTargetCrossEntropy",
@@ -213,6 +215,45 @@ def _log_one_minus_softmax(z: Tensor) -> Tensor:
     others_of_top = z.masked_fill(is_top, float("-inf")).logsumexp(-1, keepdim=True) - peak
     rest = torch.where(is_top, others_of_top, (total - e).masked_fill(is_top, 1.0).log())
     return rest - total.log()
+
+
+def sparse_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor, reduction: str = "mean") -> Tensor:
+    """``Σ_k weights[:, k] * CE(logits, labels[:, k])``: the mixup loss of :meth:`MixOutput.sparse
+    <openmix.output.MixOutput.sparse>`'s form, without ``(B, C)`` targets (for very many classes).
+
+    Args:
+        logits: ``(B, C)``.
+        labels: ``(B, K)`` class ids of the ``K`` images mixed into each sample.
+        weights: ``(B, K)`` their shares.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> sparse_cross_entropy(torch.zeros(2, 4), torch.tensor([[0, 1], [2, 3]]), torch.full((2, 2), 0.5))
+        tensor(1.3863)
+    """
+    if labels.shape != weights.shape or labels.ndim != 2 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels and weights must both be (B, K) with B = {logits.shape[0]}, got "
+                         f"{tuple(labels.shape)} and {tuple(weights.shape)}")
+    log_p = F.log_softmax(logits, dim=-1)
+    loss = -(log_p.gather(1, labels.long()) * weights.to(log_p.dtype)).sum(1)
+    return _reduce(loss, reduction)
+
+
+def dense_cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of per-position logits ``(B, C, *spatial)`` against soft targets of the same shape
+    (:meth:`MixOutput.dense <openmix.output.MixOutput.dense>` of one-hot maps), over the class axis;
+    ``"mean"`` averages over samples and positions. (Hard class maps: ``F.cross_entropy`` with
+    ``ignore_index`` takes :meth:`~openmix.output.MixOutput.class_map` as it is.)
+
+    Example:
+        >>> dense_cross_entropy(torch.zeros(1, 2, 3, 3), torch.full((1, 2, 3, 3), 0.5))
+        tensor(0.6931)
+    """
+    if logits.shape != target.shape or logits.ndim < 3:
+        raise ValueError(f"logits and target must both be (B, C, *spatial), got {tuple(logits.shape)} and "
+                         f"{tuple(target.shape)}")
+    loss = -(target.to(logits.dtype) * F.log_softmax(logits, dim=1)).sum(1)
+    return _reduce(loss, reduction)
 
 
 def model_mixer_loss(name: str, criterion: Criterion) -> Criterion:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from openmix.checks import check_number
-from openmix.output import MixOutput
+from openmix.output import IDENTITY_LAYOUT, Layout, MixOutput
 from openmix.sampling import PAIRINGS, beta, host_beta, host_coin, partner_index, stream_seed
 from openmix.targets import mix_targets, soft_targets
 
@@ -93,6 +93,10 @@ class Mixer(nn.Module):
             ``(seed, rank, n)``, the rank under ``torch.distributed`` (0 otherwise, or
             with ``same_on_all_ranks``).
         same_on_all_ranks: draw identically on every distributed rank.
+        spatial_axes: mix over only the last ``spatial_axes`` axes and apply the same mix to every
+            position of the axes before them: ``2`` for a video ``(B, C, T, H, W)`` cuts in space
+            only, the same cut in every frame (those axes are folded into the channels). ``None``:
+            every axis after the channels.
 
     Subclasses set ``kind`` (``"input"``, ``"saliency"``, ``"feature"``, ``"learned"``) and
     ``spatial_dims`` (which numbers of spatial axes they accept; ``None`` for any).
@@ -113,6 +117,7 @@ class Mixer(nn.Module):
         label_smoothing: float = 0.0,
         seed: int | None = None,
         same_on_all_ranks: bool = False,
+        spatial_axes: int | None = None,
     ) -> None:
         super().__init__()
         check_number("alpha", alpha, low=0.0)
@@ -132,26 +137,40 @@ class Mixer(nn.Module):
         self.label_smoothing = float(label_smoothing)
         self.seed = seed
         self.same_on_all_ranks = same_on_all_ranks
+        if spatial_axes is not None and (isinstance(spatial_axes, bool) or not isinstance(spatial_axes, int)
+                                         or spatial_axes < 1):
+            raise ValueError(f"spatial_axes must be a positive int or None, got {spatial_axes!r}")
+        self.spatial_axes = spatial_axes
         self._calls = 0  # calls drawn so far: the state of the seeded streams
         # per (stream, device): a generator and the (call, seed) it was last seeded for; reseeded every call
         self._generators: dict[Any, tuple[torch.Generator, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------- public API
-    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> MixOutput:
         """Mix a batch.
 
         Args:
             x: float inputs ``(B, C, *spatial)`` on any device, any memory format.
-            y: int class ids ``(B,)`` or soft targets ``(B, num_classes)``.
+            y: int class ids ``(B,)`` or soft targets ``(B, num_classes)``; ``None``: mix the inputs
+                only, and mix any target with the output's methods (``out.sparse(ids)``,
+                ``out.class_map(seg)``, ``out.boxes(b)``, ``out.vector(values)``, ...).
             generator: a ``torch.Generator`` on ``x.device``; overrides ``seed``.
 
         Returns:
-            :class:`~openmix.output.MixOutput` with mixed ``x``, soft ``y`` ``(B, C)``,
-            ``lam`` ``(B,)``, ``index`` ``(B,)`` and ``mask`` where the mixer has one.
+            :class:`~openmix.output.MixOutput` with mixed ``x``, soft ``y`` ``(B, C)`` (``None``
+            without labels), ``lam`` ``(B,)``, ``index`` ``(B,)`` and ``mask`` where the mixer has one.
         """
-        self.check_inputs(x)
-        y = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
+        self.check_inputs(self.fold(x))
+        if y is not None:
+            y = soft_targets(y, self.num_classes, self.label_smoothing, batch=x.shape[0])
         return self.apply_params(x, y, self.sample_params(x, generator=generator))
+
+    def fold(self, x: Tensor) -> Tensor:
+        """``x`` as the mixer mixes it: with ``spatial_axes``, the axes before the last ``spatial_axes``
+        folded into the channels (a video ``(B, C, T, H, W)`` as ``(B, C*T, H, W)``); else ``x``."""
+        if self.spatial_axes is None or not isinstance(x, Tensor) or x.ndim - 2 <= self.spatial_axes:
+            return x
+        return x.flatten(1, x.ndim - 1 - self.spatial_axes)
 
     def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
         """Draw the random parameters of one call for ``x``: at least ``lam`` (float32 ``(B,)``) and ``index``.
@@ -174,6 +193,7 @@ class Mixer(nn.Module):
         and passed to :meth:`apply_params` to force a draw (the parity tests do this to
         compare with timm and torchvision).
         """
+        x = self.fold(x)
         draws = self._draws(x.device, generator)
         if self.mode == "batch" and not host_coin(self.prob, draws.host):
             return identity_params(x)
@@ -198,12 +218,30 @@ class Mixer(nn.Module):
             lam = lam.masked_fill_(keep, 1.0)
         return {"lam": lam, "index": index}
 
-    def apply_params(self, x: Tensor, y: Tensor, params: Params) -> MixOutput:
-        """Deterministic part of a call: mix ``x`` and soft targets ``y`` ``(B, C)`` with ``params``."""
+    def apply_params(self, x: Tensor, y: Tensor | None, params: Params) -> MixOutput:
+        """Deterministic part of a call: mix ``x`` and soft targets ``y`` ``(B, C)`` (or none) with ``params``."""
         if params.get("identity", False):
-            return MixOutput.identity(x, y)
-        mixed, lam, mask = self.mix(x, params)
-        return MixOutput(x=mixed, y=mix_targets(y, params["index"], lam), lam=lam, index=params["index"], mask=mask)
+            out = MixOutput.identity(x, y)
+            out.binary, out.mixer = True, type(self).__name__
+            return out
+        folded = self.fold(x)
+        mixed, lam, mask = self.mix(folded, params)
+        if folded is not x:  # back to the input's axes; the mask broadcasts over the folded ones
+            mixed = mixed.view(x.shape)
+            mask = None if mask is None else mask.view(mask.shape[:2] + (1,) * (x.ndim - folded.ndim) + mask.shape[2:])
+        index = params["index"]
+        return MixOutput(x=mixed, y=None if y is None else mix_targets(y, index, lam), lam=lam, index=index, mask=mask,
+                         layout=self.layout(params, folded), binary=mask is not None and self.binary_mask(params),
+                         mixer=type(self).__name__)
+
+    def layout(self, params: Params, x: Tensor) -> Layout:
+        """Where this call put each image's content (:class:`~openmix.output.Layout`): as it was, here;
+        mixers that move content (ResizeMix, PuzzleMix) say where, so targets can follow."""
+        return IDENTITY_LAYOUT
+
+    def binary_mask(self, params: Params) -> bool:
+        """Whether this call's mask holds only 0 and 1 (every pixel shows one image); ``False`` here."""
+        return False
 
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor | None]:
         """Return ``(mixed x, lam actually used (B,), mask or None)``. Implemented by each mixer.
@@ -324,6 +362,8 @@ class Mixer(nn.Module):
             fields["label_smoothing"] = self.label_smoothing
         if self.seed is not None:
             fields["seed"] = self.seed
+        if self.spatial_axes is not None:
+            fields["spatial_axes"] = self.spatial_axes
         return fields
 
     def extra_repr(self) -> str:

@@ -64,6 +64,12 @@ class ModelMixer(Mixer):
     mixes: ClassVar[str] = "with the model"
     """What the mixer mixes, as the error of ``mixer(x, y)`` says it: ``"hidden features"``, ..."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.spatial_axes is not None:
+            raise ValueError(f"{type(self).__name__} runs the model on the batch as it is: spatial_axes is for input "
+                             "mixers (fold a video's frames yourself, or mix it with an input mixer)")
+
     def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         """Not available: the mixer needs the model; use :meth:`step` (or :func:`openmix.training.mix_step`)."""
         raise TypeError(

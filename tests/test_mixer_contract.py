@@ -288,3 +288,88 @@ def test_batch_host_draws_mix_as_the_general_path(name):
         torch.testing.assert_close(fast.lam, slow.lam)
         torch.testing.assert_close(fast.y, slow.y)
         torch.testing.assert_close(fast.mask, slow.mask)
+
+
+# ------------------------------------------------------------------ the same draw, any target
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_the_images_are_their_own_dense_target(name, mode):
+    """Mixing the batch as a dense target gives the mixed batch: every layout (ResizeMix's resized
+    partner too) and every mask is followed."""
+    x = images(6)
+    out = build(name, mode=mode, seed=4)(x)
+    assert out.y is None
+    torch.testing.assert_close(out.dense(x), out.x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_soft_class_maps_still_sum_to_one(name, mode):
+    out = build(name, mode=mode, seed=5)(images(6))
+    maps = torch.softmax(torch.randn(6, NUM_CLASSES, 16, 16), 1)
+    torch.testing.assert_close(out.dense(maps).sum(1), torch.ones(6, 16, 16))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_a_class_map_takes_the_owner_of_each_pixel_or_is_refused(name, mode):
+    out = build(name, mode=mode, pairing="flip", seed=6)(images(6))
+    seg = labels(6).view(6, 1, 1).expand(6, 16, 16)  # sample i is class i everywhere
+    if not out.binary:
+        with pytest.raises(ValueError, match="no single owner"):
+            out.class_map(seg)
+        return
+    owner = out.mask[:, 0] >= 0.5
+    torch.testing.assert_close(out.class_map(seg), torch.where(owner, seg, seg[out.index]))
+    ignored = seg.clone()
+    ignored[:, :4] = 255
+    assert bool((out.class_map(ignored, ignore_index=255) == 255).sum() > 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_vectors_and_sparse_labels_follow_the_shares(name, mode):
+    out = build(name, mode=mode, seed=7)(images(6))
+    values = torch.randn(6, 3)
+    torch.testing.assert_close(out.vector(values), out.lam[:, None] * values + (1 - out.lam[:, None]) * values[out.index])
+    ids, weights = out.sparse(labels(6))
+    assert torch.equal(ids[:, 0], labels(6)) and torch.equal(ids[:, 1], labels(6)[out.index])
+    torch.testing.assert_close(weights.sum(1), torch.ones(6))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_a_whole_image_box_is_as_visible_as_its_image(name, mode):
+    """A box over the whole image: the sample's stays as visible as its share of the pixels, the
+    partner's as visible as the rest (ResizeMix's partner, shrunk into the patch, wholly)."""
+    out = build(name, mode=mode, seed=8)(images(6))
+    boxes, valid, visible = out.boxes(torch.tensor([[[0.0, 0.0, 16.0, 16.0]]]).expand(6, 1, 4))
+    assert boxes.shape == (6, 2, 4) and valid.shape == visible.shape == (6, 2)
+    if out.mask is None:
+        assert bool(valid.all()) and bool((visible == 1).all())
+    elif out.binary:
+        torch.testing.assert_close(visible[:, 0], out.lam)
+        if name not in TRANSFORMS_PARTNER:
+            torch.testing.assert_close(visible[:, 1], 1 - out.lam)
+    assert bool(((boxes[..., 2:] <= 16) & (boxes[..., :2] >= 0)).all())
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_video_is_cut_in_space_only(name):
+    video = torch.rand(4, 3, 5, 16, 16)
+    out = build(name, mode="elem", seed=9, spatial_axes=2)(video)
+    assert out.x.shape == video.shape
+    torch.testing.assert_close(out.dense(video), out.x)
+    if out.mask is not None:
+        assert out.mask.shape == (4, 1, 1, 16, 16)  # one mask for every frame
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_targets_of_the_wrong_shape_are_clear_errors(name):
+    out = build(name, seed=10)(images(4))
+    with pytest.raises(ValueError, match=r"\(B, K, \*spatial\) = \(4, 'K', 16, 16\).*got \(4, 2, 8, 8\)"):
+        out.dense(torch.rand(4, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"boxes must be \(B, N, 4\) with B = 4, got \(3, 1, 4\)"):
+        out.boxes(torch.zeros(3, 1, 4))
+    with pytest.raises(TypeError, match="integer class ids"):
+        out.class_map(torch.rand(4, 16, 16))

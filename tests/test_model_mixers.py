@@ -116,6 +116,19 @@ def test_a_batch_the_prob_coin_skips_is_a_plain_step(name):
     torch.testing.assert_close(step.logits, model(x))
 
 
+@pytest.mark.parametrize("name", [n for n in MODEL_MIXERS if openmix.available()[n] != "feature"])
+def test_the_mixed_batch_is_its_own_dense_target(name):
+    """The step's draw mixes other targets as it mixed the images (PuzzleMix's transported blocks,
+    the learned masks); a hard class map only where every pixel has one owner."""
+    model = tiny_convnet()
+    x, y = seeded_batch()
+    step = mix_step(model, built(name, model), x, y)
+    torch.testing.assert_close(step.mix.dense(x), step.mix.x)
+    if not step.mix.binary:
+        with pytest.raises(ValueError, match="no single owner"):
+            step.mix.class_map(torch.zeros(8, 16, 16, dtype=torch.long))
+
+
 # ------------------------------------------------------------------ the typed contract
 def test_the_registry_refuses_a_kind_its_type_does_not_have():
     class Unmodelled(Mixer):

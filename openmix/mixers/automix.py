@@ -342,6 +342,8 @@ class AutoMix(LearnedMixer):
             lam=torch.full((batch,), lam[0], device=x.device, dtype=torch.float32),
             index=index[1],
             mask=online_masks[:, :1].expand(-1, -1, *size),  # constant masks are (B, K, 1, 1)
+            source_masks=online_masks.expand(-1, -1, *size) if len(lam) > 2 else None,
+            mixer=type(self).__name__,
             sources=(index.t(), torch.stack([torch.full((batch,), share, device=x.device, dtype=torch.float32) for share in lam], 1))
             if len(lam) > 2
             else None,

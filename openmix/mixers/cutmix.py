@@ -96,6 +96,10 @@ class CutMix(Mixer):
         cut = torch.where(lam[:, None] < 1.0, cut, 0.0)  # samples skipped by prob get no box
         return lo.long(), (lo + cut).long()
 
+    def binary_mask(self, params: Params) -> bool:
+        """Its mask is a cut: every pixel shows one image."""
+        return True
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         lo, hi, index = params["lo"], params["hi"], params["index"]
         if lo.shape[0] == 1 and lo.device.type == "cpu" and hi.device.type == "cpu":  # one box known on the host

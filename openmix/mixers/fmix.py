@@ -73,6 +73,10 @@ class FMix(Mixer):
         params["field"] = fourier_field(count, x.shape[2:], self.decay_power, device=x.device, generator=draws.device)
         return params
 
+    def binary_mask(self, params: Params) -> bool:
+        """The thresholded mask is binary unless ``max_soft`` ramps its edge."""
+        return not self.max_soft
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         field, batch_lam = params["field"], params.get("batch_lam")
         if batch_lam is not None and field.shape[0] == 1 and not self.max_soft:  # one mask, lam on the host

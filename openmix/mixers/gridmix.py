@@ -121,6 +121,10 @@ class GridMix(Mixer):
         lo = [math.floor((height - cut_h) * u[4]), math.floor((width - cut_w) * u[5])]
         return {"lo": lo, "size": [cut_h, cut_w], "cell": [cell_h, cell_w]}
 
+    def binary_mask(self, params: Params) -> bool:
+        """Its mask is a cut: every pixel shows one image."""
+        return True
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         lo, size, cell = params["lo"], params["size"], params["cell"]
         batch, batch_lam = x.shape[0], params.get("batch_lam")

@@ -19,7 +19,7 @@ __all__ = ["RandomChoice"]
 
 MixerSpec = Union[Mixer, str, Mapping[str, Any]]
 # Arguments a child built from a name or a dict inherits unless the dict sets them.
-COMMON = ("num_classes", "mode", "prob", "pairing", "label_smoothing", "seed", "same_on_all_ranks")
+COMMON = ("num_classes", "mode", "prob", "pairing", "label_smoothing", "seed", "same_on_all_ranks", "spatial_axes")
 # timm's Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
 TIMM_DEFAULT: tuple[dict[str, Any], ...] = ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0})
 
@@ -35,7 +35,7 @@ class RandomChoice(Mixer):
 
     Children given by name or as a dict ``{"name": ..., **kwargs}`` (as in Hydra
     configs) inherit ``num_classes``, ``mode``, ``prob``, ``pairing``,
-    ``label_smoothing`` and ``seed`` unless the dict sets them: so ``prob`` applies
+    ``label_smoothing``, ``seed`` and ``spatial_axes`` unless the dict sets them: so ``prob`` applies
     per batch (``batch`` mode) or per sample (``elem``) to whichever mixer is picked.
     Child ``i`` gets ``seed + 1 + i``, keeping its draws apart from the pick's.
     Mixer instances are used as they are.
@@ -82,7 +82,7 @@ class RandomChoice(Mixer):
             accepted = ", ".join(f"{type(m).__name__} {m.spatial_dims}" for m in self.mixers)
             raise ValueError(f"the mixers accept no common number of spatial axes: {accepted}")
 
-    def forward(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> MixOutput:
         """Mix a batch with one mixer, picked on the host; see :meth:`Mixer.forward`."""
         self.check_inputs(x)
         return self.mixers[self._pick(x, generator)](x, y, generator=generator)
@@ -94,7 +94,7 @@ class RandomChoice(Mixer):
         params["choice"] = torch.tensor(choice)
         return params
 
-    def apply_params(self, x: Tensor, y: Tensor, params: Params) -> MixOutput:
+    def apply_params(self, x: Tensor, y: Tensor | None, params: Params) -> MixOutput:
         child, params = self._split(params)
         return child.apply_params(x, y, params)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
+from openmix.output import Layout
 from openmix.registry import register
 from openmix.sampling import beta, box_mask, host_beta, host_rows, host_uniform, partner_index, uniform
 
@@ -170,6 +171,14 @@ class ResizeMix(Mixer):
             mask[box] = 0.0
         return mixed, 1.0 - area / spatial.numel(), mask.expand(batch, *mask.shape[1:])
 
+    def binary_mask(self, params: Params) -> bool:
+        """The patch is pasted: every pixel shows one image."""
+        return True
+
+    def layout(self, params: Params, x: Tensor) -> Layout:
+        """The partner's content shrunk into the patch ``[lo, hi)``: targets and points follow it there."""
+        return PasteLayout(params["lo"], params["hi"], tuple(x.shape[2:]), self.interpolation)
+
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
         if not self.use_alpha:
@@ -179,6 +188,51 @@ class ResizeMix(Mixer):
             fields["use_alpha"] = True
         fields["interpolation"] = self.interpolation
         return fields
+
+
+class PasteLayout(Layout):
+    """ResizeMix's layout: the sample in place, the partner resized onto the patch ``[lo, hi)``.
+
+    ``lo``/``hi`` are ``(1, d)`` (one patch, host tensors in batch mode) or ``(B, d)``; ``spatial`` the
+    image's sizes (``(H, W)`` for 2-D). A target with more leading axes than the image (a video's
+    ``(B, K, T, H, W)``) is resized frame by frame.
+    """
+
+    def __init__(self, lo: Tensor, hi: Tensor, spatial: tuple[int, ...], interpolation: str) -> None:
+        self.lo, self.hi, self.spatial, self.interpolation = lo, hi, spatial, interpolation
+
+    def partner(self, t: Tensor, nearest: bool = False, fill: float = 0.0) -> Tensor:
+        d = len(self.spatial)
+        folded = t.flatten(1, t.ndim - 1 - d)  # (B, K, *spatial): leading axes into K
+        linear = self.interpolation != "nearest" and not nearest and folded.is_floating_point()
+        if self.lo.shape[0] == 1 and self.lo.device.type == "cpu":  # one patch, known on the host: slices
+            lo, hi = self.lo.tolist()[0], self.hi.tolist()[0]
+            sides = [b - a for a, b in zip(lo, hi)]
+            out = folded.clone()
+            if all(side > 0 for side in sides):
+                if linear:
+                    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[d]
+                    patch = F.interpolate(_float32(folded), size=sides, mode=mode, align_corners=False).to(t.dtype)
+                else:
+                    patch = folded
+                    for axis, side in enumerate(sides):
+                        patch = patch.index_select(2 + axis, _nearest_sources(self.spatial, axis, side, t.device))
+                out[(slice(None), slice(None)) + tuple(slice(a, b) for a, b in zip(lo, hi))] = patch
+        else:
+            lo, hi = self.lo.to(t.device), self.hi.to(t.device)
+            out = _linear_patch(folded, lo, hi) if linear else _nearest_patch(folded, lo, hi)
+        return out.view(t.shape)
+
+    def move_partner(self, points: Tensor) -> Tensor:
+        """Points ``(B, N, 2)`` as ``(x, y)`` of the partner, where they land in the patch (2-D images)."""
+        height, width = self.spatial[-2:]
+        if self.lo.shape[0] == 1 and self.lo.device.type == "cpu":
+            (y0, x0), (y1, x1) = self.lo.tolist()[0][-2:], self.hi.tolist()[0][-2:]
+            return torch.stack([points[..., 0] * ((x1 - x0) / width) + x0, points[..., 1] * ((y1 - y0) / height) + y0], -1)
+        lo, hi = self.lo.to(points.device).float(), self.hi.to(points.device).float()
+        x = points[..., 0] * ((hi[:, -1] - lo[:, -1]) / width).unsqueeze(1) + lo[:, -1].unsqueeze(1)
+        y = points[..., 1] * ((hi[:, -2] - lo[:, -2]) / height).unsqueeze(1) + lo[:, -2].unsqueeze(1)
+        return torch.stack([x, y], -1)
 
 
 def _nearest_patch(partner: Tensor, lo: Tensor, hi: Tensor) -> Tensor:

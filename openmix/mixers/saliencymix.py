@@ -180,6 +180,10 @@ class SaliencyMix(Mixer):
         params["lo"], params["hi"] = boxes_at(lam, centre, x.shape[2:])
         return params
 
+    def binary_mask(self, params: Params) -> bool:
+        """Its mask is a cut: every pixel shows one image."""
+        return True
+
     def mix(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor, Tensor]:
         return paste_boxes(x, params["index"], params["lo"], params["hi"])
 

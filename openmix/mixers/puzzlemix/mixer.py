@@ -37,7 +37,7 @@ from openmix.mixers.puzzlemix.saliency import _saliency_pass
 from openmix.mixers.puzzlemix.solver import SOLVERS, solve_puzzle
 from openmix.mixers.puzzlemix.transport import mask_transport, transport_blocks
 from openmix.model_mixer import ModelMixer
-from openmix.output import MixOutput, StepResult
+from openmix.output import IDENTITY_LAYOUT, Layout, MixOutput, StepResult
 from openmix.registry import register
 from openmix.sampling import host_coin
 from openmix.targets import soft_targets
@@ -269,10 +269,20 @@ class PuzzleMix(ModelMixer):
             both = mask_transport(torch.cat([cell_mask, 1.0 - cell_mask]), torch.cat([s_cells, s_cells.index_select(0, index)]), self.t_eps)
             own = transport_blocks(own, both[:batch], cells)
             partner = transport_blocks(partner, both[batch:], cells)
+            params["transport_plan"] = (both[:batch], both[batch:], cells)  # for layout(): targets follow the blocks
         weight = mask.repeat_interleave(block, 1).repeat_interleave(block, 2).unsqueeze(1)  # (B, 1, H, W)
         mixed = torch.empty_like(x)
         torch.lerp(partner, own, weight.to(x.dtype), out=mixed)
         return mixed, mask.flatten(1).mean(1), weight
+
+    def binary_mask(self, params: Params) -> bool:
+        """With two labels every block shows one image; with three (the default) a block may be a 50/50 blend."""
+        return self.n_labels == 2
+
+    def layout(self, params: Params, x: Tensor) -> Layout:
+        """With transport, both images' blocks moved (:class:`TransportLayout`); without, as they were."""
+        plan = params.get("transport_plan")
+        return IDENTITY_LAYOUT if plan is None else TransportLayout(*plan)
 
     def _stats(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``mean``/``std`` as tensors on ``x``'s device, made once: a host-to-device copy waits
@@ -354,6 +364,32 @@ class PuzzleMix(ModelMixer):
         if self.solver != "auto" or self.solver_iters is not None:
             fields.update(solver=self.solver, solver_iters=self.solver_iters)
         return fields
+
+
+class TransportLayout(Layout):
+    """PuzzleMix's layout with transport: each image's cells moved by its plan (``(B, N)`` source cell of
+    every target cell on a ``cells x cells`` grid, :func:`~openmix.mixers.puzzlemix.transport.mask_transport`).
+    Tensors follow the cells; points cannot (a cell permutation has no point map worth the name)."""
+
+    def __init__(self, own_plan: Tensor, partner_plan: Tensor, cells: int) -> None:
+        self.own_plan, self.partner_plan, self.cells = own_plan, partner_plan, cells
+
+    def own(self, t: Tensor, nearest: bool = False, fill: float = 0.0) -> Tensor:
+        return _transported(t, self.own_plan, self.cells, fill)
+
+    def partner(self, t: Tensor, nearest: bool = False, fill: float = 0.0) -> Tensor:
+        return _transported(t, self.partner_plan, self.cells, fill)
+
+    def move_own(self, points: Tensor) -> None:
+        return None
+
+    def move_partner(self, points: Tensor) -> None:
+        return None
+
+
+def _transported(t: Tensor, plan: Tensor, cells: int, fill: float) -> Tensor:
+    """``t`` ``(B, K, ..., H, W)`` with its cells moved by ``plan`` (leading axes folded into ``K``)."""
+    return transport_blocks(t.flatten(1, -3), plan, cells, fill).view(t.shape)
 
 
 def _divisors(side: int) -> list[int]:

@@ -90,11 +90,11 @@ def mask_transport(mask: Tensor, saliency: Tensor, t_eps: float = 0.8, n_iter: i
     return src
 
 
-def transport_blocks(images: Tensor, source: Tensor, grid: int) -> Tensor:
+def transport_blocks(images: Tensor, source: Tensor, grid: int, fill: float = 0.0) -> Tensor:
     """Move cells of ``images`` ``(B, C, H, W)``: target cell ``j`` gets source cell ``source[:, j]``.
 
-    Cells are ``H/grid x W/grid``; a target with source ``-1`` becomes zeros. Returns a
-    contiguous tensor of the same shape and dtype.
+    Cells are ``H/grid x W/grid``; a target with source ``-1`` becomes ``fill`` (zeros, as the
+    official code; a class map's ignore index). Returns a contiguous tensor of the same shape and dtype.
 
     Example:
         >>> x = torch.arange(4.0).view(1, 1, 2, 2)
@@ -114,4 +114,4 @@ def transport_blocks(images: Tensor, source: Tensor, grid: int) -> Tensor:
     pixel = corner.index_select(1, target).add_(offset)  # (B, H*W)
     moved = images.reshape(batch, channels, height * width).gather(2, pixel.unsqueeze(1).expand(batch, channels, -1))
     empty = (source < 0).index_select(1, target).unsqueeze(1)
-    return moved.masked_fill_(empty, 0).view(batch, channels, height, width)
+    return moved.masked_fill_(empty, fill).view(batch, channels, height, width)
