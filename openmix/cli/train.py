@@ -87,12 +87,28 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _datamodule(cfg: DictConfig) -> Any:
-    """The datamodule of ``cfg.data``; a key it does not take is a ``ValueError`` naming ``data.<key>``."""
+    """The datamodule of ``cfg.data``; a key it does not take is a ``ValueError`` naming ``data.<key>``.
+
+    With ``mix_in_workers=true`` it mixes its training batches in the DataLoader workers with the
+    run's mixer (``collate_mixer``; vanilla: nothing to mix); a mixer that needs the model, or
+    ``data.on_device=true``, is a ``ValueError`` then.
+    """
     from openmix.data import build_datamodule, check_settings
+    from openmix.training import build_mixer
 
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
     check_settings(cfg.data.name, kwargs, prefix="data.")
-    return build_datamodule(cfg.data.name, seed=cfg.seed, **kwargs)
+    datamodule = build_datamodule(cfg.data.name, seed=cfg.seed, **kwargs)
+    in_workers = cfg.get("mix_in_workers")
+    if in_workers is not None and not isinstance(in_workers, bool):
+        raise ValueError(f"mix_in_workers must be true, false or null, got {in_workers!r}")
+    if not in_workers:
+        return datamodule
+    mixer = build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), num_classes=datamodule.num_classes,
+                        label_smoothing=cfg.label_smoothing, seed=cfg.seed)
+    if mixer is None:
+        return datamodule
+    return build_datamodule(cfg.data.name, seed=cfg.seed, collate_mixer=mixer, **kwargs)
 
 
 def _model_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -162,6 +178,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if not cfg.data.get("download", False):
         datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
     mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)  # the data's settings reach it in MixupClassifier.setup
+    if datamodule.collate_mixer is not None:  # mix_in_workers: the module trains on the DataLoader's mixed batches
+        mixer_cfg = None
     module = MixupClassifier(
         model=cfg.model.name,
         model_kwargs=_model_kwargs(cfg),

@@ -6,7 +6,8 @@ and yields batches ``(x, y)``: ``x`` float32 normalised ``(B, C, H, W)``, ``y`` 
 Validation is the official test/val split, in order, unaugmented. The small sets (CIFAR,
 Fashion-MNIST, synthetic) are held on the training device as uint8 and augmented there by
 default (``on_device="auto"``, see :mod:`openmix.data.device`); the others stream from disk
-through DataLoader workers.
+through DataLoader workers. ``collate_mixer=`` makes the training DataLoader mix each batch in
+its workers (see :mod:`openmix.data.collate`): batches are then ``(mixed x, soft y (B, num_classes))``.
 
 Example:
     >>> from openmix.data import build_datamodule, available_datasets
@@ -25,8 +26,9 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from openmix.data.base import DATAMODULES, ImageDataModule, TensorDataModule, register_datamodule
+from openmix.data.base import DATAMODULES, EpochSampler, ImageDataModule, TensorDataModule, register_datamodule
 from openmix.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from openmix.data.collate import KeyedDataset, MixingCollate
 from openmix.data.device import DeviceLoader, ShardSampler, crop_flip, random_crop_flip
 from openmix.data.fashion_mnist import FashionMNISTDataModule
 from openmix.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
@@ -49,6 +51,9 @@ __all__ = [
     "SyntheticDataModule",
     "DeviceLoader",
     "ShardSampler",
+    "EpochSampler",
+    "KeyedDataset",
+    "MixingCollate",
     "crop_flip",
     "random_crop_flip",
 ]
@@ -101,7 +106,7 @@ def build_datamodule(name: str, **kwargs: Any) -> ImageDataModule:
     """The datamodule registered as ``name``, built with ``kwargs``.
 
     Common arguments: ``root``, ``batch_size``, ``eval_batch_size``, ``num_workers``,
-    ``download``, ``on_device``, ``seed``, ``pin_memory`` (see :class:`ImageDataModule`); some
+    ``download``, ``on_device``, ``seed``, ``pin_memory``, ``collate_mixer`` (see :class:`ImageDataModule`); some
     datasets take more (``image_size``, ``num_classes``, ``num_samples``, ``in_chans``).
 
     Raises:

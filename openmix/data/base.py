@@ -4,7 +4,8 @@
 needs before ``setup()`` (``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std``), and
 DataLoader construction. ``TensorDataModule`` is for small datasets held in memory as one uint8
 tensor: they train either from the device (:class:`~openmix.data.device.DeviceLoader`) or
-through a DataLoader with per-sample torchvision transforms.
+through a DataLoader with per-sample torchvision transforms. With ``collate_mixer`` the training
+DataLoader also mixes each batch in its workers (:class:`~openmix.data.collate.MixingCollate`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from openmix.checks import check_bool, check_int
+from openmix.data.collate import KeyedDataset, MixingCollate
 from openmix.data.device import DeviceLoader, ShardSampler, derive_seed
+from openmix.mixer import DataInfo, Mixer
 
 __all__ = [
     "ImageDataModule",
@@ -76,6 +79,12 @@ class ImageDataModule(L.LightningDataModule):
             the batches do not depend on ``num_workers`` and a resumed run sees what an
             uninterrupted one would.
         pin_memory: pin DataLoader batches when a CUDA device is present.
+        collate_mixer: an input mixer (e.g. ``openmix.build("cutmix", num_classes=10)``) that mixes
+            each training batch inside the DataLoader workers (:class:`~openmix.data.collate.MixingCollate`):
+            training batches are then ``(mixed x, soft targets (B, num_classes))``, drawn from
+            ``(seed, epoch, batch indices)``, so they too do not depend on ``num_workers`` and
+            resume exactly. Train on them without a second mixing (``MixupClassifier(mixer=None)``).
+            It needs the DataLoader path: ``on_device="auto"`` then takes it, ``True`` is an error.
     """
 
     name: ClassVar[str] = ""
@@ -96,6 +105,7 @@ class ImageDataModule(L.LightningDataModule):
         on_device: bool | str = "auto",
         seed: int = 0,
         pin_memory: bool = True,
+        collate_mixer: Mixer | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)):
@@ -109,14 +119,21 @@ class ImageDataModule(L.LightningDataModule):
         self.download = check_bool("download", download)
         self.seed = check_int("seed", seed, 0)
         self.pin_memory = check_bool("pin_memory", pin_memory)
+        self.collate_mixer = collate_mixer
+        self._collate = None if collate_mixer is None else MixingCollate(collate_mixer)  # refuses model mixers
         if on_device == "auto":
-            on_device = self.small
+            on_device = self.small and collate_mixer is None
         elif not isinstance(on_device, bool):
             raise ValueError(f"on_device must be True, False or 'auto', got {on_device!r}")
         elif on_device and not self.small:
             raise ValueError(
                 f"on_device=True holds a dataset in device memory, which is only offered for small datasets "
                 f"({', '.join(sorted(n for n, c in DATAMODULES.items() if c.small))}); {self.name} streams from disk"
+            )
+        elif on_device and collate_mixer is not None:
+            raise ValueError(
+                "collate_mixer mixes batches in DataLoader workers, and on_device=True trains without a DataLoader: "
+                "use on_device=False (or 'auto'), or leave collate_mixer=None and mix on the device"
             )
         self.on_device = on_device
         self.train_set: Any = None
@@ -152,19 +169,49 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        """A DataLoader; for training (``shuffle``) with an :class:`EpochSampler` on this rank's shard."""
-        sampler = None
+        """A DataLoader; for training (``shuffle``) with an :class:`EpochSampler` on this rank's shard,
+        and the collate mixer, if any, mixing its batches."""
+        sampler, collate = None, None
         if shuffle:
             _, rank, world = self._placement()
             sampler = EpochSampler(dataset, seed=self.seed, rank=rank, world_size=world)
+            if self._collate is not None:
+                self._check_collate_mixer()
+                dataset, collate = KeyedDataset(dataset), self._collate
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            collate_fn=collate,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _check_collate_mixer(self) -> None:
+        """Before the first batch: the mixer's classes are the data's, it learns the data's facts, and
+        no ``MixupClassifier`` or ``MixupCallback`` of the attached Trainer mixes the batches again."""
+        mixer = self.collate_mixer
+        if mixer.num_classes != self.num_classes:
+            raise ValueError(
+                f"collate_mixer has num_classes={mixer.num_classes!r}, but {self.name} has {self.num_classes} "
+                f"classes: build it with num_classes={self.num_classes}"
+            )
+        mixer.configure_data(DataInfo.of(self))
+        if self.trainer is None:
+            return
+        from openmix.lightning import MixupCallback, MixupClassifier
+
+        module = self.trainer.lightning_module
+        again = [f"{type(module).__name__}(mixer={module.mixer!r})"] if isinstance(module, MixupClassifier) and (
+            module.mixer is not None) else []
+        again += [f"MixupCallback({c.mixer!r})" for c in self.trainer.callbacks if isinstance(c, MixupCallback)]
+        if again:
+            raise ValueError(
+                f"the datamodule mixes its training batches in the DataLoader (collate_mixer={mixer!r}) and "
+                f"{' and '.join(again)} would mix them again on the device: give the mixer to one of them "
+                "(MixupClassifier(mixer=None) trains on the datamodule's mixed batches)"
+            )
 
     def train_dataloader(self) -> Any:
         self._require_setup()
@@ -194,7 +241,7 @@ class ImageDataModule(L.LightningDataModule):
             f"{type(self).__name__}(root={str(self.root)!r}, num_classes={fact('num_classes')}, "
             f"in_chans={fact('in_chans')}, image_size={fact('image_size')}, batch_size={self.batch_size}, "
             f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, on_device={self.on_device}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}" + ("" if self.collate_mixer is None else f", collate_mixer={self.collate_mixer!r}") + ")"
         )
 
 
