@@ -12,6 +12,13 @@ Usage::
     python benchmarks/mixer_speed.py --device cpu --sizes 128x3x32x32 --repeat 50
     python benchmarks/mixer_speed.py --mixers mixup cutmix --no-peers --csv speed.csv
     python benchmarks/mixer_speed.py --profile --sizes 128x3x32x32   # where openmix's time goes
+    python benchmarks/mixer_speed.py --targets --no-peers --sizes 64x3x224x224   # mixing other targets too
+
+``--targets`` adds, per mixer and mode, rows of the same draw applied to other targets (library
+``targets``): the images alone (``mixer(x)``), a soft dense target as large as the images
+(``out.dense``, 3 channels), a class map (``out.class_map``, cut mixers) and 16 boxes per image
+(``out.boxes``); each target row is timed without the image mixing, and the findings hold the dense
+row to at most ``DENSE_TARGET``x the image row.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ FLOOR_TARGETS = {("resizemix", (64, 3, 224, 224)): 3.0}  # x floor, every mode, 
 ELEM_SPEEDUP = 10.0  # openmix elem mode at least this much faster than timm's elem mode
 BATCH_PEERS = ("timm", "torchvision")  # batch mode: no slower than the fastest of these
 LARGE = 5_000_000  # elements; above this a size gets fewer repeats
+DENSE_TARGET = 1.2  # a dense target as large as the images: at most this much the images' mixing
 
 
 @dataclass
@@ -118,6 +126,45 @@ def openmix_cases(names: list[str], x: torch.Tensor, y: torch.Tensor, num_classe
 
             cases.append(("openmix", name, mode, make))
     return cases
+
+
+def target_cases(names: list[str], x: torch.Tensor) -> list[Case]:
+    """Per mixer and mode: the images alone, then one draw applied to a dense target, a class map and boxes
+    (each timed alone, from one precomputed draw). On CUDA under ``set_sync_debug_mode("error")``."""
+    batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.softmax(torch.randn(x.shape, generator=gen), 1).to(x.device)
+    seg = torch.randint(0, 21, (batch, height, width), generator=gen).to(x.device)
+    corners = torch.rand(batch, 16, 2, generator=gen) * torch.tensor([width / 2, height / 2])
+    boxes = torch.cat([corners, corners + torch.tensor([width / 2, height / 2])], -1).to(x.device)
+    cases: list[Case] = []
+    for name in names:
+        for mode in ("batch", "elem"):
+            mixer = openmix.build(name, mode=mode, seed=0)
+            out = mixer(x)
+            parts = [("image", lambda m=mixer: m(x)), ("+dense", lambda o=out: o.dense(dense)),
+                     ("+boxes", lambda o=out: o.boxes(boxes))]
+            if out.binary:
+                parts.insert(2, ("+classmap", lambda o=out: o.class_map(seg)))
+            for part, fn in parts:
+                def make(fn=fn):
+                    if x.device.type != "cuda":
+                        return (lambda _: fn()), None
+                    fn()
+                    torch.cuda.synchronize(x.device)
+                    return (lambda _: _sync_free_call(fn)), None
+
+                cases.append(("targets", f"{name} {part}", mode, make))
+    return cases
+
+
+def _sync_free_call(fn: Callable[[], object]) -> object:
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def sync_free(mixer: openmix.Mixer, x: torch.Tensor, y: torch.Tensor) -> object:
@@ -216,6 +263,8 @@ def run(args: argparse.Namespace) -> list[Row]:
             cases = [floor_case(x), allocating_floor_case(x), *openmix_cases(args.mixers, x, y, args.num_classes)]
             if args.peers:
                 cases += peer_cases(x, y, args.num_classes)
+            if args.targets:
+                cases += target_cases(args.mixers, x)
             group, ready = [], []
             for library, method, mode, make in cases:
                 row = Row(library, method, mode, shape, str(device), math.nan)
@@ -270,7 +319,14 @@ def findings(rows: list[Row]) -> list[str]:
     - any mode: slower than any peer doing the same method and mode.
     """
     notes = []
-    peers = [p for p in rows if p.library not in ("openmix", "floor") and not math.isnan(p.ms)]
+    images = {(r.method.split()[0], r.mode, r.shape, r.device): r.ms for r in rows
+              if r.library == "targets" and r.method.endswith(" image")}
+    for r in rows:
+        base = images.get((r.method.split()[0], r.mode, r.shape, r.device)) if r.library == "targets" else None
+        if r.method.endswith(" +dense") and base and r.ms > DENSE_TARGET * base:
+            notes.append(f"targets {r.method} {r.mode} {r.device} {'x'.join(map(str, r.shape))}: {r.ms / base:.2f}x "
+                         f"the images' mixing > {DENSE_TARGET}x")
+    peers = [p for p in rows if p.library not in ("openmix", "floor", "targets") and not math.isnan(p.ms)]
 
     def fastest(library: tuple[str, ...], method: str, mode: str, r: Row) -> Row | None:
         same = [p for p in peers if p.library in library and (p.method, p.mode, p.shape, p.device) == (method, mode, r.shape, r.device)]
@@ -370,6 +426,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a loaded shared machine")
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="time openmix and the floor only")
+    parser.add_argument("--targets", action="store_true",
+                        help="also time the same draw applied to a dense target, a class map and boxes")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table to PATH")
     parser.add_argument("--csv", metavar="PATH", help="also write the rows to PATH as CSV")
     parser.add_argument("--profile", action="store_true",

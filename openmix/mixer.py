@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -105,6 +105,9 @@ class Mixer(nn.Module):
     kind: ClassVar[str] = "input"
     spatial_dims: ClassVar[tuple[int, ...] | None] = (1, 2, 3)
     registered_name: ClassVar[str] = ""
+    pure_mix: ClassVar[bool] = True
+    """Whether :meth:`mix` is a pure function of the draw (so it mixes any other tensor of the batch's
+    shape the same way); PuzzleMix's is not (it solves its masks from the saliency inside)."""
 
     def __init__(
         self,
@@ -232,7 +235,16 @@ class Mixer(nn.Module):
         index = params["index"]
         return MixOutput(x=mixed, y=None if y is None else mix_targets(y, index, lam), lam=lam, index=index, mask=mask,
                          layout=self.layout(params, folded), binary=mask is not None and self.binary_mask(params),
-                         mixer=type(self).__name__)
+                         mixer=type(self).__name__, remix=self._remix(params) if self.pure_mix else None)
+
+    def _remix(self, params: Params) -> Callable[[Tensor], Tensor]:
+        """This call's mixing applied to another tensor shaped like the inputs (see ``MixOutput.remix``)."""
+
+        def remix(t: Tensor) -> Tensor:
+            folded = self.fold(t)
+            return self.mix(folded, params)[0].view(t.shape)
+
+        return remix
 
     def layout(self, params: Params, x: Tensor) -> Layout:
         """Where this call put each image's content (:class:`~openmix.output.Layout`): as it was, here;

@@ -9,6 +9,7 @@ hard class maps, boxes, keypoints, regression and multi-label vectors, or a spar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -69,6 +70,9 @@ class MixOutput:
         layout: where each image's content went (:class:`Layout`).
         binary: whether ``mask`` holds only 0 and 1 (cut mixers), so that every pixel has one owner.
         mixer: the mixer's class name, for error messages.
+        remix: the mixer's own mixing of another float tensor shaped like ``x`` with this call's draw
+            (its fast path, e.g. CutMix's slice paste), where mixing is a pure function of the draw;
+            :meth:`dense` uses it.
 
     ``y`` is ``None`` when the mixer was called without labels (``mixer(x)``): the draw then mixes
     whatever targets the methods below are given.
@@ -89,6 +93,7 @@ class MixOutput:
     layout: Layout = IDENTITY_LAYOUT
     binary: bool = False
     mixer: str = ""
+    remix: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def identity(cls, x: Tensor, y: Tensor) -> "MixOutput":

@@ -143,6 +143,8 @@ def mix_dense(out: "MixOutput", target: Tensor) -> Tensor:
         True
     """
     _check_spatial(out, target, "dense target", float_only=True)
+    if out.remix is not None:  # the mixer's own (fast) mixing of this draw
+        return out.remix(target)
     mixed = None
     for source in sources_of(out):
         laid = source.lay(target.index_select(0, source.index), False)
@@ -321,45 +323,42 @@ def mix_keypoints(out: "MixOutput", points: Tensor, visible: Tensor | None = Non
 
 def _visible_part(shown: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """The fraction of each box's pixels that ``shown`` ``(B, H, W)`` marks, and the bounding box of those
-    pixels within it (``boxes`` ``(B, N, 4)``); integral images and row/column counts, no loop."""
+    pixels within it (``boxes`` ``(B, N, 4)``): from one integral image, gathered at the boxes' columns
+    (row counts) and rows (column counts); no loop."""
     batch, height, width = shown.shape
+    n = boxes.shape[1]
     x1, x2 = boxes[..., 0].floor().long().clamp(0, width), boxes[..., 2].ceil().long().clamp(0, width)
     y1, y2 = boxes[..., 1].floor().long().clamp(0, height), boxes[..., 3].ceil().long().clamp(0, height)
-    counts = F.pad(shown.int().cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)  # (B, (H+1)(W+1)) integral image
-
-    def corner(y: Tensor, x: Tensor) -> Tensor:
-        return counts.gather(1, y * (width + 1) + x)
-
-    inside = corner(y2, x2) - corner(y1, x2) - corner(y2, x1) + corner(y1, x1)
+    integral = F.pad(shown.int().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, H+1, W+1)
+    # shown pixels of columns [x1, x2) above each row, and of rows [y1, y2) left of each column
+    above = integral.gather(2, x2.unsqueeze(1).expand(batch, height + 1, n)) - integral.gather(
+        2, x1.unsqueeze(1).expand(batch, height + 1, n))  # (B, H+1, N)
+    left = integral.gather(1, y2.unsqueeze(2).expand(batch, n, width + 1)) - integral.gather(
+        1, y1.unsqueeze(2).expand(batch, n, width + 1))  # (B, N, W+1)
+    inside = above.gather(1, y2.unsqueeze(1)) - above.gather(1, y1.unsqueeze(1))  # (B, 1, N)
+    inside = inside.squeeze(1)
     fraction = inside.float() / ((x2 - x1) * (y2 - y1)).clamp(min=1).float()
-    rows = _lines_with_pixels(shown, x1, x2, y1, y2)  # (B, N, H): rows of the box with a shown pixel
-    cols = _lines_with_pixels(shown.transpose(1, 2), y1, y2, x1, x2)  # (B, N, W)
+    rows = (above.diff(dim=1) > 0).transpose(1, 2)  # (B, N, H): rows with a shown pixel in the box's columns
+    rows &= _within(height, y1, y2)
+    cols = (left.diff(dim=2) > 0) & _within(width, x1, x2)  # (B, N, W)
     first_row, last_row = _first_last(rows)
     first_col, last_col = _first_last(cols)
     clipped = torch.stack([torch.maximum(boxes[..., 0], first_col), torch.maximum(boxes[..., 1], first_row),
                            torch.minimum(boxes[..., 2], last_col + 1), torch.minimum(boxes[..., 3], last_row + 1)], -1)
-    empty = (inside == 0).unsqueeze(-1)
-    return fraction, torch.where(empty, torch.zeros_like(clipped), clipped)
+    return fraction, torch.where((inside == 0).unsqueeze(-1), torch.zeros_like(clipped), clipped)
 
 
-def _lines_with_pixels(shown: Tensor, a1: Tensor, a2: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
-    """``(B, N, L)``: whether line ``l`` of ``shown`` ``(B, L, M)`` has a shown pixel in ``[a1, a2)`` and
-    ``b1 <= l < b2``."""
-    batch, lines, width = shown.shape
-    counts = F.pad(shown.int().cumsum(2), (1, 0))  # (B, L, M + 1)
-    n = a1.shape[1]
-    right = counts.gather(2, a2.unsqueeze(1).expand(batch, lines, n))
-    left = counts.gather(2, a1.unsqueeze(1).expand(batch, lines, n))
-    line = torch.arange(lines, device=shown.device).view(1, lines, 1)
-    inside = (line >= b1.unsqueeze(1)) & (line < b2.unsqueeze(1))
-    return ((right - left > 0) & inside).transpose(1, 2)
+def _within(size: int, low: Tensor, high: Tensor) -> Tensor:
+    """``(B, N, size)``: whether each position lies in ``[low, high)`` of its box."""
+    position = torch.arange(size, device=low.device)
+    return (position >= low.unsqueeze(-1)) & (position < high.unsqueeze(-1))
 
 
 def _first_last(present: Tensor) -> tuple[Tensor, Tensor]:
-    """First and last index along the last axis where ``present`` is true (float; 0 where none)."""
-    size = present.shape[-1]
-    first = present.int().argmax(-1)
-    last = size - 1 - present.flip(-1).int().argmax(-1)
+    """First and last index along the last axis where ``present`` is true (float; 0 and -1 where none)."""
+    position = torch.arange(present.shape[-1], device=present.device)
+    first = torch.where(present, position, present.shape[-1]).amin(-1)
+    last = torch.where(present, position, -1).amax(-1)
     return first.float(), last.float()
 
 

@@ -95,6 +95,7 @@ class PuzzleMix(ModelMixer):
 
     kind = "saliency"
     mixes = "blocks chosen by the model's saliency"
+    pure_mix = False  # mix() solves the masks from the saliency: targets follow the recorded layout instead
     spatial_dims = (2,)
 
     def __init__(
