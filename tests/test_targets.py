@@ -87,3 +87,14 @@ def test_a_mixer_without_labels_mixes_only_the_inputs():
     assert out.y is None and out.x.shape == (3, 3, 8, 8)
     with pytest.raises(ValueError, match="labels must be class ids"):
         out.sparse(torch.rand(3))
+
+
+def test_openmix_show_draws_the_targets_of_each_draw(tmp_path):
+    from openmix.cli.show import gallery, silhouettes
+
+    images = torch.zeros(4, 1, 12, 12)
+    images[:, :, 3:9, 2:10] = 0.8
+    seg, boxes = silhouettes(images, torch.arange(4))
+    assert boxes[0, 0].tolist() == [2.0, 3.0, 10.0, 9.0] and int(seg[3].max()) == 4
+    path = gallery(images, torch.arange(4), ["cutmix", "mixup"], 4, tmp_path / "targets.png", targets=True)
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -1,4 +1,10 @@
-"""``openmix-show``: a PNG grid of mixed samples (with their lam) for any mixer on real images."""
+"""``openmix-show``: a PNG grid of mixed samples (with their lam) for any mixer on real images.
+
+With ``targets=true`` each mixed sample also shows the same draw applied to its targets: the
+images' silhouettes as class maps (foreground labelled with the image's class, cut mixers; drawn
+in colour over the image) and their bounding boxes (the sample's own in green, the partner's in
+orange, as :meth:`~openmix.output.MixOutput.boxes` keeps them).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from openmix.cli.train import CONFIG_DIR, ConfigError, quiet_lightning, validate
 from openmix.model_mixer import ModelMixer
 from openmix.training import build_mixer
 
-__all__ = ["gallery", "main"]
+__all__ = ["gallery", "silhouettes", "main"]
 
 
 def sample_images(cfg: DictConfig, count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -31,8 +37,33 @@ def sample_images(cfg: DictConfig, count: int) -> tuple[torch.Tensor, torch.Tens
     return (x[:count] * std + mean).clamp(0, 1), y[:count], datamodule.num_classes
 
 
+def silhouettes(images: torch.Tensor, labels: torch.Tensor, threshold: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets from the images themselves: ``(class map (N, H, W), boxes (N, 1, 4))``. A pixel brighter
+    than ``threshold`` (mean over channels, pixels in ``[0, 1]``) is foreground, labelled ``label + 1``
+    (0 is background); the box is the foreground's bounding box ``(x1, y1, x2, y2)``.
+
+    Example:
+        >>> image = torch.zeros(1, 1, 4, 4); image[0, 0, 1:3, 2:4] = 1.0
+        >>> seg, boxes = silhouettes(image, torch.tensor([4]))
+        >>> int(seg.max()), boxes.tolist()
+        (5, [[[2.0, 1.0, 4.0, 3.0]]])
+    """
+    foreground = images.float().mean(1) > threshold
+    seg = torch.where(foreground, labels.view(-1, 1, 1) + 1, 0)
+    rows, cols = foreground.any(2), foreground.any(1)
+
+    def span(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position = torch.arange(present.shape[1]).float()
+        first = torch.where(present, position, float(present.shape[1])).amin(1)
+        last = torch.where(present, position, -1.0).amax(1)
+        return first, last + 1
+
+    (y1, y2), (x1, x2) = span(rows), span(cols)
+    return seg, torch.stack([x1, y1, x2, y2], 1).unsqueeze(1)
+
+
 def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], num_classes: int, out: Path,
-            seed: int = 0) -> Path:
+            seed: int = 0, targets: bool = False) -> Path:
     """Write a grid: the clean images on the first row, then one row per mixer with each sample's lam.
 
     Args:
@@ -41,29 +72,47 @@ def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], n
         mixers: mixer names, config mappings or instances.
         num_classes: for building mixers from names.
         out: PNG path.
+        seed: the mixers' seed (row ``r`` gets ``seed + r``).
+        targets: draw the same draw applied to the silhouettes' class maps and boxes (:func:`silhouettes`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.patches import Rectangle
+
     built = [build_mixer(m, num_classes=num_classes, seed=seed + row, mode="elem") for row, m in enumerate(mixers)]
-    rows = [("original", images, None)]
+    seg, boxes = silhouettes(images, labels)
+    rows = [("original", images, None, seg if targets else None, (boxes, torch.ones(boxes.shape[:2], dtype=torch.bool)))]
     for spec, mixer in zip(mixers, built):
         if mixer is None:
             continue
         if isinstance(mixer, ModelMixer):
             raise ConfigError(f"openmix-show shows input mixers; {mixer.registered_name!r} is a {mixer.kind!r} mixer")
         mixed = mixer(images, labels)
-        rows.append((mixer.registered_name, mixed.x.clamp(0, 1), mixed.lam))
+        mixed_seg = mixed.class_map(seg) if targets and mixed.binary else None
+        mixed_boxes = mixed.boxes(boxes)[:2] if targets else None
+        rows.append((mixer.registered_name, mixed.x.clamp(0, 1), mixed.lam, mixed_seg, mixed_boxes))
     n = images.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.75 * len(rows)), squeeze=False)
-    for r, (name, batch, lam) in enumerate(rows):
+    for r, (name, batch, lam, classes, box_sets) in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
             picture = batch[c].permute(1, 2, 0).float().numpy()
             ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray" if picture.shape[-1] == 1 else None,
                       vmin=0, vmax=1)
+            if classes is not None:  # foreground coloured by class, background transparent
+                ax.imshow(classes[c].float().masked_fill(classes[c] == 0, float("nan")).numpy(), cmap="tab10",
+                          vmin=1, vmax=10, alpha=0.45, interpolation="nearest")
+            if targets and box_sets is not None:
+                coords, valid = box_sets
+                for k in range(coords.shape[1]):
+                    if valid[c, k]:
+                        x1, y1, x2, y2 = coords[c, k].tolist()
+                        colour = "lime" if k < boxes.shape[1] else "orange"  # the sample's own boxes come first
+                        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=1.2,
+                                               edgecolor=colour))
             ax.set_xticks([]), ax.set_yticks([])
             if lam is not None:
                 ax.set_title(f"λ={float(lam[c]):.2f}", fontsize=8)
@@ -82,7 +131,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         validate(cfg)
         mixers = list(OmegaConf.to_container(cfg.mixers, resolve=True)) or [OmegaConf.to_container(cfg.mixer, resolve=True)]
         images, labels, num_classes = sample_images(cfg, cfg.num_images)
-        path = gallery(images, labels, mixers, num_classes, Path(cfg.out), seed=cfg.mix_seed)
+        path = gallery(images, labels, mixers, num_classes, Path(cfg.out), seed=cfg.mix_seed,
+                       targets=bool(cfg.get("targets", False)))
     except (ConfigError, FileNotFoundError) as error:
         print(f"openmix-show: {error}", file=sys.stderr)
         raise SystemExit(2) from None
