@@ -12,9 +12,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
+from openmix.lightning.schedules import EpochMix, MixSchedule, ScheduledMixers, unmixed_step
 from openmix.losses import soft_cross_entropy
 from openmix.mixer import DataInfo, Mixer
 from openmix.model_mixer import LearnedMixer
+from openmix.output import StepResult
 from openmix.results import median_of_last
 from openmix.training import build_mixer, mix_step, mixed_accuracy
 
@@ -43,6 +45,9 @@ class MixupClassifier(L.LightningModule):
         label_smoothing: passed to the mixer (and used for vanilla training).
         mix_seed: seed of the mixer's draws, offset per DDP rank by the mixer itself.
         channels_last: train in channels-last memory format.
+        schedule: a :class:`~openmix.lightning.schedules.MixSchedule` (or its config mapping): mixing
+            off from an epoch on, ramps of ``prob``/``alpha``, a switch of mixer; ``None``: the mixer as
+            it is, every epoch.
 
     A mixer given as an instance or a config keeps its own settings; ``num_classes``,
     ``label_smoothing`` (when not 0) and ``mix_seed`` (when given) that disagree with them are a
@@ -55,6 +60,12 @@ class MixupClassifier(L.LightningModule):
     optimizer as their own group (``lr`` from the mixer's settings, else the optimizer's; the
     schedule scales both, or, with the mixer's ``min_lr``, the Mix Block follows its own cosine to
     that floor), and ``total_steps`` for its momentum schedule comes from the trainer.
+
+    With a ``schedule``, each training epoch starts by setting the mixer's ``prob``/``alpha`` from its
+    own values for that epoch (logged as ``train/mix_prob`` and ``train/mix_alpha``), and from
+    ``off_epoch`` on each step is a plain one with the mixer's smoothed soft targets, the mixer not
+    called. The schedule is a function of the epoch, which the checkpoint holds, so a resumed run
+    follows it exactly. After training the mixers have their own values back.
 
     Logs ``train/loss``, ``train/top1`` (lam-weighted), the terms of a learned mixer's loss
     (``train/online_mix``, ``train/block_mix``, ...), ``val/loss``, ``val/top1``,
@@ -81,9 +92,11 @@ class MixupClassifier(L.LightningModule):
         mix_seed: int | None = None,
         channels_last: bool = False,
         model_kwargs: Mapping[str, Any] | None = None,
+        schedule: MixSchedule | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[name for name, value in (("model", model), ("mixer", mixer)) if not _plain(value)])
+        self.save_hyperparameters(ignore=[name for name, value in (("model", model), ("mixer", mixer),
+                                                                   ("schedule", schedule)) if not _plain(value)])
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if isinstance(model, str):
@@ -103,6 +116,10 @@ class MixupClassifier(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if isinstance(self.mixer, LearnedMixer):
             self.mixer.attach(self.model)  # its EMA teacher and Mix Block: checked against the model now
+        self._scheduled = ScheduledMixers.of(schedule, self.mixer)
+        self.schedule = None if self._scheduled is None else self._scheduled.schedule
+        self.switch_mixer = None if self._scheduled is None else self._scheduled.switch_mixer  # a checkpointed submodule
+        self._epoch_mix: EpochMix | None = None  # this epoch's mixing under a schedule (a tuple: not a submodule)
         self.val_top1_history: list[float] = []  # one per epoch
         self._history_epoch = 0  # the epoch (1-based) of the last entry of val_top1_history
         self.epoch_summary: dict[str, Any] = {}  # the last validated epoch, for EpochMetricsCSV
@@ -115,15 +132,29 @@ class MixupClassifier(L.LightningModule):
         :meth:`~openmix.mixer.Mixer.configure_data`. Without a datamodule the mixer keeps its own settings."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.mixer is not None and datamodule is not None:
-            self.mixer.configure_data(DataInfo.of(datamodule))
+            for mixer in (self.mixer, self.switch_mixer):
+                if mixer is not None:
+                    mixer.configure_data(DataInfo.of(datamodule))
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if stage == "fit" and self.schedule is not None and max_epochs is not None and max_epochs > 0:
+            self.schedule.check_run(max_epochs)
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)  # loss * batch, samples
+        if self._scheduled is not None:
+            self._epoch_mix = epoch = self._scheduled.start_epoch(self.current_epoch)
+            self.log("train/mix_prob", epoch.prob, on_step=False, on_epoch=True, batch_size=1)
+            if epoch.alpha is not None:
+                self.log("train/mix_alpha", epoch.alpha, on_step=False, on_epoch=True, batch_size=1)
+
+    def on_train_end(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.restore()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = self._prepare(batch)
-        step = mix_step(self.model, self.mixer, x, y, criterion=self._criterion)
+        step = self.train_step(x, y)
         self.log("train/loss", step.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("train/top1", 100.0 * mixed_accuracy(step.logits, y, step.mix), on_step=False, on_epoch=True,
                  batch_size=x.shape[0])
@@ -132,6 +163,16 @@ class MixupClassifier(L.LightningModule):
         self._train_sums[0] += step.loss.detach() * x.shape[0]
         self._train_sums[1] += x.shape[0]
         return step.loss
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
+        """One training step on the device batch with this epoch's mixer (a plain step on soft
+        targets while the schedule has mixing off); :meth:`training_step` logs it."""
+        epoch = self._epoch_mix
+        if epoch is None:
+            return mix_step(self.model, self.mixer, x, y, criterion=self._criterion)
+        if not epoch.mixing:
+            return unmixed_step(self.model, epoch.mixer, x, y, self._criterion)
+        return mix_step(self.model, epoch.mixer, x, y, criterion=self._criterion)
 
     def epoch_train_loss(self) -> float | None:
         """Mean training loss of this process's batches of the current epoch so far (``None`` before any)."""
