@@ -61,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     import openmix
     from openmix.data import available_datasets
     from openmix.evaluation import EvalSettings
+    from openmix.lightning.schedules import MixSchedule, ScheduledMixers
     from openmix.models import create_model
     from openmix.training import build_mixer
 
@@ -77,7 +78,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown data {cfg.data.name!r}; available: {', '.join(available_datasets())}")
     try:
         datamodule = _datamodule(cfg)
-        build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), num_classes=datamodule.num_classes)
+        built = build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), num_classes=datamodule.num_classes)
+        schedule = OmegaConf.to_container(cfg.schedule, resolve=True) if cfg.get("schedule") else None
+        if cfg.get("mix_in_workers") and MixSchedule.of(schedule) is not None:
+            raise ValueError("a schedule (schedule.*) does not reach mixing in DataLoader workers "
+                             "(mix_in_workers=true), which keep the mixer they started with: mix on the device")
+        ScheduledMixers.of(schedule, built, epochs=cfg.epochs)
         with torch.device("meta"):
             create_model(cfg.model.name, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans,
                          **_model_kwargs(cfg))
@@ -191,6 +197,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         label_smoothing=cfg.label_smoothing,
         mix_seed=cfg.seed,
         channels_last=cfg.channels_last,
+        schedule=OmegaConf.to_container(cfg.schedule, resolve=True) if cfg.get("schedule") else None,
     )
 
     run_dir.mkdir(parents=True, exist_ok=True)
