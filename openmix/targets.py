@@ -267,6 +267,7 @@ def mix_boxes(out: "MixOutput", boxes: Tensor, valid: Tensor | None = None, *, m
     if valid.shape != boxes.shape[:2]:
         raise ValueError(f"valid must be (B, N) = {tuple(boxes.shape[:2])} like the boxes, got {tuple(valid.shape)}")
     height, width = out.x.shape[-2:]
+    _check_boxes(boxes, valid, width, height)
     limit = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
     kept, flags, fractions = [], [], []
     for source in sources_of(out):
@@ -319,6 +320,20 @@ def mix_keypoints(out: "MixOutput", points: Tensor, visible: Tensor | None = Non
         moved_all.append(moved)
         shown_all.append(shown)
     return torch.cat(moved_all, 1), torch.cat(shown_all, 1)
+
+
+def _check_boxes(boxes: Tensor, valid: Tensor, width: int, height: int) -> None:
+    """Every valid box must be ``0 <= x1 <= x2 <= W``, ``0 <= y1 <= y2 <= H``: checked on the host for CPU
+    boxes (a ``ValueError`` naming the first bad one), on an accelerator with ``torch._assert_async``."""
+    x1, y1, x2, y2 = boxes.float().unbind(-1)
+    good = (x1 >= 0) & (y1 >= 0) & (x1 <= x2) & (y1 <= y2) & (x2 <= width) & (y2 <= height)
+    bad = valid & ~good
+    if boxes.device.type != "cpu":
+        torch._assert_async(~bad.any(), f"boxes must lie in the {width}x{height} image with x1 <= x2 and y1 <= y2")
+    elif bool(bad.any()):
+        sample, box = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"box {box} of sample {sample}, {boxes[sample, box].tolist()}, is not (x1, y1, x2, y2) with "
+                         f"0 <= x1 <= x2 <= {width} and 0 <= y1 <= y2 <= {height} (the images are {width}x{height})")
 
 
 def _visible_part(shown: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:

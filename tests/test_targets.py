@@ -98,3 +98,11 @@ def test_openmix_show_draws_the_targets_of_each_draw(tmp_path):
     assert boxes[0, 0].tolist() == [2.0, 3.0, 10.0, 9.0] and int(seg[3].max()) == 4
     path = gallery(images, torch.arange(4), ["cutmix", "mixup"], 4, tmp_path / "targets.png", targets=True)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_boxes_outside_the_image_are_a_clear_error():
+    out = forced("cutmix", lo=[2, 2], hi=[6, 6])
+    with pytest.raises(ValueError, match=r"box 0 of sample 1, \[0.0, 0.0, 11.0, 4.0\].*10x10"):
+        out.boxes(torch.tensor([[[0.0, 0.0, 4.0, 4.0]], [[0.0, 0.0, 11.0, 4.0]]]))
+    # padding rows (not valid) may hold anything
+    out.boxes(torch.tensor([[[0.0, 0.0, 4.0, 4.0]], [[-1.0, -1.0, -1.0, -1.0]]]), torch.tensor([[True], [False]]))
