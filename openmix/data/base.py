@@ -241,7 +241,7 @@ class ImageDataModule(L.LightningDataModule):
             f"{type(self).__name__}(root={str(self.root)!r}, num_classes={fact('num_classes')}, "
             f"in_chans={fact('in_chans')}, image_size={fact('image_size')}, batch_size={self.batch_size}, "
             f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, on_device={self.on_device}, "
-            f"seed={self.seed}" + ("" if self.collate_mixer is None else f", collate_mixer={self.collate_mixer!r}") + ")"
+            f"seed={self.seed}{'' if self.collate_mixer is None else f', collate_mixer={self.collate_mixer!r}'})"
         )
 
 
