@@ -127,12 +127,19 @@ def test_other_keys_draw_otherwise():
     assert not torch.equal(collate(keyed_samples())[1], collate(later)[1])
 
 
-def test_keyed_dataset_with_epoch_sampler_in_a_plain_dataloader():
-    images = torch.randint(0, 256, (8, 1, 6, 6), dtype=torch.uint8)
-    dataset = TensorImageDataset(images, torch.arange(8) % 4, lambda image: image.float() / 255)
+def test_any_dataset_mixes_in_a_plain_dataloader_with_keyed_dataset_and_epoch_sampler():
+    dataset = [(torch.rand(1, 6, 6), i % 4) for i in range(8)]  # not a SeededDataset: indexed by the index
     loader = DataLoader(KeyedDataset(dataset), batch_size=4, sampler=EpochSampler(dataset, seed=0),
                         collate_fn=MixingCollate(openmix.build("mixup", num_classes=4)))
     assert [tuple(y.shape) for _, y in loader] == [(4, 4), (4, 4)]
+
+
+def test_keyed_dataset_replays_a_seeded_datasets_augmentation_from_the_key():
+    flip = lambda image: image.flip(-1) if torch.rand(()) < 0.5 else image  # noqa: E731
+    dataset = TensorImageDataset(torch.arange(32, dtype=torch.uint8).view(2, 1, 4, 4), torch.arange(2), flip)
+    keyed = KeyedDataset(dataset)
+    assert all(torch.equal(keyed[(1, seed)][1][0], dataset[(1, seed)][0]) for seed in range(8))
+    assert len({bool(torch.equal(keyed[(1, seed)][1][0], dataset.images[1])) for seed in range(8)}) == 2
 
 
 # -- what is refused ---------------------------------------------------------------------------------------

@@ -26,9 +26,16 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from openmix.data.base import DATAMODULES, EpochSampler, ImageDataModule, TensorDataModule, register_datamodule
+from openmix.data.base import (
+    DATAMODULES,
+    EpochSampler,
+    ImageDataModule,
+    KeyedDataset,
+    TensorDataModule,
+    register_datamodule,
+)
 from openmix.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from openmix.data.collate import KeyedDataset, MixingCollate
+from openmix.data.collate import MixingCollate
 from openmix.data.device import DeviceLoader, ShardSampler, crop_flip, random_crop_flip
 from openmix.data.fashion_mnist import FashionMNISTDataModule
 from openmix.data.imagefolder import ImageFolderDataModule, ImageNetDataModule

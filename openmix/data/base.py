@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from openmix.checks import check_bool, check_int
-from openmix.data.collate import KeyedDataset, MixingCollate
+from openmix.data.collate import MixingCollate
 from openmix.data.device import DeviceLoader, ShardSampler, derive_seed
 from openmix.mixer import DataInfo, Mixer
 
@@ -32,6 +32,7 @@ __all__ = [
     "TensorImageDataset",
     "SeededDataset",
     "EpochSampler",
+    "KeyedDataset",
     "register_datamodule",
     "DATAMODULES",
 ]
@@ -305,6 +306,30 @@ class EpochSampler(DistributedSampler):
         keys = [(i, seed) for i in self._shard.indices().tolist()]
         self.epoch = epoch + 1  # Lightning's set_epoch overrides this
         return iter(keys)
+
+
+class KeyedDataset(Dataset):
+    """Samples handed out with their keys, ``(key, sample)``: how a collate function learns which
+    samples, of which epoch, a batch holds (:class:`~openmix.data.collate.MixingCollate`).
+
+    Keys are :class:`EpochSampler`'s ``(index, epoch seed)``: a :class:`SeededDataset` gets the
+    key (its augmentation replayed from it), any other dataset the index.
+
+    Example:
+        >>> KeyedDataset(["a", "b"])[(1, 7)]
+        ((1, 7), 'b')
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> tuple[Any, Any]:
+        if isinstance(self.dataset, SeededDataset) or not isinstance(key, tuple):
+            return key, self.dataset[key]
+        return key, self.dataset[key[0]]
 
 
 class TensorImageDataset(SeededDataset):

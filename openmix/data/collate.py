@@ -18,9 +18,8 @@ before normalisation and rounds each blend).
 
 Example:
     >>> import openmix
-    >>> from openmix.data.base import EpochSampler, TensorImageDataset
-    >>> images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
-    >>> dataset = TensorImageDataset(images, torch.arange(8) % 4, lambda image: image.float() / 255)
+    >>> from openmix.data import EpochSampler, KeyedDataset
+    >>> dataset = [(torch.rand(3, 8, 8), i % 4) for i in range(8)]  # any map-style dataset of (x, y)
     >>> loader = torch.utils.data.DataLoader(
     ...     KeyedDataset(dataset), batch_size=4, sampler=EpochSampler(dataset, seed=0),
     ...     collate_fn=MixingCollate(openmix.build("cutmix", num_classes=4)))
@@ -36,41 +35,22 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 from openmix.data.device import derive_seed
 from openmix.mixer import Mixer
 from openmix.model_mixer import ModelMixer
 
-__all__ = ["KeyedDataset", "MixingCollate"]
+__all__ = ["MixingCollate"]
 
 _MIX_STREAM = 3  # keeps a batch's mixing seed apart from its samples' augmentation seeds
-
-
-class KeyedDataset(Dataset):
-    """``dataset[key]`` handed out with its key, as ``(key, sample)``: how a collate function learns
-    which samples (and which epoch, see :class:`~openmix.data.base.EpochSampler`) a batch holds.
-
-    Example:
-        >>> KeyedDataset(["a", "b"])[1]
-        (1, 'b')
-    """
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: Any) -> tuple[Any, Any]:
-        return key, self.dataset[key]
 
 
 class MixingCollate:
     """A ``collate_fn`` that stacks ``(key, (x, y))`` samples and mixes the batch with ``mixer``.
 
     Each key is ``(index, epoch seed)``, as :class:`~openmix.data.base.EpochSampler` yields them
-    (wrap the dataset in :class:`KeyedDataset` to pass them on). The batch is mixed by
+    (:class:`~openmix.data.base.KeyedDataset` passes them on). The batch is mixed by
     ``mixer(x, y, generator=g)`` with ``g`` a CPU generator seeded by :meth:`batch_seed`, so the
     draws depend only on the epoch seed and the batch's indices: the mixer's own ``seed`` and
     call count play no part. Picklable (workers may be spawned).
