@@ -52,13 +52,19 @@ def test_batches_and_mixing_do_not_depend_on_the_workers(tmp_path):
     assert all(same_batches(a, b) for a, b in zip(runs[0], runs[1], strict=True))
 
 
+def seed_like_every_epoch(worker_id: int) -> None:
+    """A worker_init_fn that puts each worker in the same random state every epoch."""
+    torch.manual_seed(worker_id)
+
+
 @pytest.mark.parametrize("persistent", [False, True])
 def test_each_epoch_draws_anew(tmp_path, persistent):
-    """Lightning#20412: a collate_fn drawing from the workers' state repeats the same draws every epoch."""
+    """Lightning#20412: a collate_fn drawing from the workers' state repeats its draws every epoch when the
+    workers start each epoch in the same state (here forced by the worker_init_fn)."""
     dm = folder_data(tmp_path, mixer="mixup", num_workers=2)  # batch mode: one lam per batch
     loader = dm.train_dataloader()
     loader = DataLoader(loader.dataset, batch_size=4, sampler=loader.sampler, collate_fn=loader.collate_fn,
-                        num_workers=2, persistent_workers=persistent)
+                        num_workers=2, persistent_workers=persistent, worker_init_fn=seed_like_every_epoch)
     first, second = epochs_of(loader, 2)
     # a row's largest target weight is max(lam, 1 - lam) (or 1 where a sample is its own partner)
     weights = [[y.max(1).values.sort().values for _, y in epoch] for epoch in (first, second)]

@@ -8,9 +8,10 @@ cores pay for it and the model receives ``(mixed x, soft targets)``.
 Its draws come from a CPU ``torch.Generator`` seeded from the batch's identity, the epoch seed
 and the sample indices that :class:`~openmix.data.base.EpochSampler` put in it, never from a
 worker's own random state. So a batch is mixed the same with any ``num_workers``, persistent
-workers or not, and after a resume; each epoch and each batch draws anew (a ``collate_fn``
-drawing from the worker's generators may repeat its draws every epoch, Lightning issue #20412);
-and under DDP each rank, having its own indices, draws its own.
+workers or not, and after a resume; each epoch and each batch draws anew, whatever state the
+workers start in (a ``collate_fn`` drawing from the workers' generators repeats its draws every
+epoch when they start each epoch in the same state: Lightning issue #20412); and under DDP each
+rank, having its own indices, draws its own.
 
 It mixes the normalised float batch that the DataLoader path's transforms make, so a blend is
 exactly what the same mixer gives on the device: no rounding to uint8 (timm mixes uint8 images
