@@ -73,6 +73,11 @@ class MixOutput:
         remix: the mixer's own mixing of another float tensor shaped like ``x`` with this call's draw
             (its fast path, e.g. CutMix's slice paste), where mixing is a pure function of the draw;
             :meth:`dense` uses it.
+        batch_size: the rows of the batch the draw mixed from, which the target methods take (their
+            results have the rows of ``x``): the whole input batch ``B`` in ``half`` mode (``x`` has
+            ``ceil(B/2)`` rows), every rank's batch under global pairing; ``None``: as many as ``x``.
+        offset: the row of that batch where this output's own samples begin (``rank * B`` under
+            global pairing, else 0): output row ``i`` is sample ``offset + i``, mixed with ``index[i]``.
 
     ``y`` is ``None`` when the mixer was called without labels (``mixer(x)``): the draw then mixes
     whatever targets the methods below are given.
@@ -94,6 +99,8 @@ class MixOutput:
     binary: bool = False
     mixer: str = ""
     remix: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    batch_size: int | None = None
+    offset: int = 0
 
     @classmethod
     def identity(cls, x: Tensor, y: Tensor) -> "MixOutput":

@@ -21,6 +21,10 @@ __all__ = [
     "uniform",
     "partner_index",
     "partner_indices",
+    "pair_partners",
+    "half_partners",
+    "label_kernel_weights",
+    "label_kernel_index",
     "host_coin",
     "host_beta",
     "host_uniform",
@@ -34,8 +38,8 @@ __all__ = [
     "PAIRINGS",
 ]
 
-Pairing = Literal["random", "flip", "roll"]
-PAIRINGS: tuple[str, ...] = ("random", "flip", "roll")
+Pairing = Literal["random", "flip", "roll", "label_kernel"]
+PAIRINGS: tuple[str, ...] = ("random", "flip", "roll", "label_kernel")
 
 
 def beta(alpha: float, n: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
@@ -97,6 +101,8 @@ def partner_index(
         return torch.arange(batch - 1, -1, -1, device=device)
     if pairing == "roll":
         return torch.arange(-1, batch - 1, device=device).remainder_(batch)
+    if pairing == "label_kernel":
+        raise ValueError("pairing 'label_kernel' draws partners by label distance: use label_kernel_index(values, ...)")
     raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
@@ -131,7 +137,112 @@ def partner_indices(
         return (batch - 1 - 2 * shift - i).remainder_(batch)
     if pairing == "roll":
         return (i - 1 - shift).remainder_(batch)
-    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    raise ValueError(f"pairing must be one of {PAIRINGS[:3]}, got {pairing!r}")
+
+
+def pair_partners(
+    batch: int, pairing: str = "flip", *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The batch cut into pairs that mix with each other (``pair`` mode): ``(index, leader)``, int64 ``(batch,)``.
+
+    ``flip``: the pairs ``(i, B-1-i)`` (timm's); ``random``: the pairs ``(p[k], p[B-1-k])`` of a random
+    permutation ``p``. ``index`` is each sample's partner (``index[index] = arange``); ``leader`` is the
+    first sample of its pair (``min(i, B-1-i)`` for ``flip``), whose draws the pair shares. In an odd
+    batch the middle sample (``p[(B-1)/2]``) is its own partner and leader.
+
+    Example:
+        >>> pair_partners(5, "flip")
+        (tensor([4, 3, 2, 1, 0]), tensor([0, 1, 2, 1, 0]))
+    """
+    i = torch.arange(batch, device=device)
+    if pairing == "flip":
+        return batch - 1 - i, torch.minimum(i, batch - 1 - i)
+    if pairing != "random":
+        raise ValueError(f"pair mode pairs samples two by two: pairing must be 'flip' or 'random', got {pairing!r}")
+    order = torch.randperm(batch, device=device, generator=generator)
+    position = torch.empty_like(order).scatter_(0, order, i)  # where each sample sits in the order
+    mirror = batch - 1 - position
+    return order.index_select(0, mirror), order.index_select(0, torch.minimum(position, mirror))
+
+
+def half_partners(
+    batch: int, pairing: str = "flip", *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
+    """Partners for ``half`` mode, int64 ``(batch,)``: each of the first ``h = ceil(B/2)`` samples mixes with
+    ``B-1-p[i]``, one of the last ``h`` samples (``p`` the identity for ``flip``, timm's pairs, a random
+    permutation of ``h`` for ``random``); the rest are their own partners (half mode drops them).
+
+    In an odd batch the middle sample is among the first ``h`` and among the partners: with ``flip`` it
+    mixes with itself.
+
+    Example:
+        >>> half_partners(6, "flip"), half_partners(5, "flip")
+        (tensor([5, 4, 3, 3, 4, 5]), tensor([4, 3, 2, 3, 4]))
+    """
+    kept = (batch + 1) // 2
+    if pairing == "flip":
+        order = torch.arange(kept, device=device)
+    elif pairing == "random":
+        order = torch.randperm(kept, device=device, generator=generator)
+    else:
+        raise ValueError(f"half mode mixes each first-half sample with one of the second half: pairing must be 'flip' "
+                         f"or 'random', got {pairing!r}")
+    return torch.cat([batch - 1 - order, torch.arange(kept, batch, device=device)])
+
+
+def label_kernel_weights(
+    values: Tensor, bandwidth: float, *, candidates: Tensor | None = None, offset: int = 0
+) -> Tensor:
+    """C-Mixup's sampling probabilities: row ``i`` puts ``exp(-|v_i - c_j|^2 / (2 bandwidth^2))``, normalised,
+    on each candidate ``j`` other than itself. Float32 ``(B, N)``; each row sums to 1.
+
+    Args:
+        values: float ``(B,)`` or ``(B, D)`` labels of the samples (regression targets).
+        bandwidth: the kernel's ``sigma``, in the labels' units.
+        candidates: ``(N,)`` or ``(N, D)`` labels of the partners to draw from (default ``values``).
+        offset: the candidate row of sample 0 (sample ``i`` is candidate ``offset + i``, excluded); with
+            one candidate only, that one is its own partner.
+
+    The distances are shifted by each row's smallest before ``exp`` (the same distribution), so far-apart
+    labels and small bandwidths never give a row of zeros.
+
+    Example:
+        >>> label_kernel_weights(torch.tensor([0.0, 1.0, 3.0]), 1.0)
+        tensor([[0.0000, 0.9820, 0.0180],
+                [0.8176, 0.0000, 0.1824],
+                [0.0759, 0.9241, 0.0000]])
+    """
+    own = values.detach().float().reshape(values.shape[0], -1)
+    other = own if candidates is None else candidates.detach().float().reshape(candidates.shape[0], -1)
+    if other.shape[0] == 1:
+        return torch.ones(own.shape[0], 1, device=own.device)
+    # exact distances without a (B, N, D) tensor or the matmul shortcut's cancellation
+    logits = torch.cdist(own, other, compute_mode="donot_use_mm_for_euclid_dist").square_().div_(-2.0 * bandwidth**2)
+    logits.diagonal(offset).fill_(-math.inf)
+    return torch.softmax(logits, 1)
+
+
+def label_kernel_index(
+    values: Tensor,
+    bandwidth: float,
+    *,
+    candidates: Tensor | None = None,
+    offset: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """C-Mixup's partners: for each sample a candidate drawn by :func:`label_kernel_weights`, int64 ``(B,)``.
+
+    One ``torch.multinomial`` draw per row on the labels' device (``generator`` lives there); it never
+    waits on the device.
+
+    Example:
+        >>> label_kernel_index(torch.tensor([0.0, 0.1, 50.0, 50.2]), 1.0, generator=torch.Generator().manual_seed(0))
+        tensor([1, 0, 3, 2])
+    """
+    weights = label_kernel_weights(values, bandwidth, candidates=candidates, offset=offset)
+    if weights.shape[1] == 1:
+        return torch.zeros(weights.shape[0], dtype=torch.long, device=weights.device)
+    return torch.multinomial(weights, 1, generator=generator).squeeze_(1)
 
 
 def host_coin(prob: float, generator: torch.Generator | None = None) -> bool:

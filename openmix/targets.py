@@ -113,15 +113,23 @@ class Source:
     move: Callable[[Tensor], Tensor | None]
 
 
+def target_rows(out: "MixOutput") -> int:
+    """The rows of the targets ``out``'s methods take: the batch the draw mixed from (``B`` in ``half``
+    mode, where ``out`` has ``ceil(B/2)`` rows; every rank's under global pairing)."""
+    return out.lam.shape[0] if out.batch_size is None else out.batch_size
+
+
 def sources_of(out: "MixOutput") -> list[Source]:
-    """The images mixed into each sample of ``out``: the sample and its partner, or AdAutoMix's ``K``."""
+    """The images mixed into each sample of ``out``: the sample and its partner, or AdAutoMix's ``K``.
+    Each ``index`` counts rows of the targets (:func:`target_rows`)."""
     if out.sources is not None:
         indices, weights = out.sources
         masks = out.source_masks
         return [Source(indices[:, k], weights[:, k], None if masks is None else masks[:, k : k + 1],
                        IDENTITY_LAYOUT.own, IDENTITY_LAYOUT.move_own) for k in range(indices.shape[1])]
-    batch = out.lam.shape[0]
-    own = Source(torch.arange(batch, device=out.index.device), out.lam, out.mask, out.layout.own, out.layout.move_own)
+    rows = out.lam.shape[0]
+    own_rows = torch.arange(out.offset, out.offset + rows, device=out.index.device)
+    own = Source(own_rows, out.lam, out.mask, out.layout.own, out.layout.move_own)
     partner_plane = None if out.mask is None else 1.0 - out.mask
     partner = Source(out.index, 1.0 - out.lam, partner_plane, out.layout.partner, out.layout.move_partner)
     return [own, partner]
@@ -182,8 +190,8 @@ def mix_class_map(out: "MixOutput", target: Tensor, ignore_index: int | None = N
     fill = 0 if ignore_index is None else ignore_index
     own, partner = sources_of(out)
     if own.plane is None:  # a batch the mixer left as it was
-        return target.clone()
-    mine = own.lay(target.unsqueeze(1), True, fill).squeeze(1)
+        return target.index_select(0, own.index)
+    mine = own.lay(target.index_select(0, own.index).unsqueeze(1), True, fill).squeeze(1)
     theirs = partner.lay(target.index_select(0, partner.index).unsqueeze(1), True, fill).squeeze(1)
     owner = _broadcast(own.plane, target.unsqueeze(1)).squeeze(1) >= 0.5
     return torch.where(owner, mine, theirs)
@@ -199,9 +207,9 @@ def mix_vector(out: "MixOutput", target: Tensor) -> Tensor:
         >>> torch.allclose(out.vector(values), out.lam[:, None] * values + (1 - out.lam[:, None]) * values.flip(0))
         True
     """
-    if not isinstance(target, Tensor) or target.ndim < 1 or target.shape[0] != out.lam.shape[0]:
+    if not isinstance(target, Tensor) or target.ndim < 1 or target.shape[0] != target_rows(out):
         shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise ValueError(f"a per-sample target must be (B, ...) with B = {out.lam.shape[0]}, got {shape}")
+        raise ValueError(f"a per-sample target must be (B, ...) with B = {target_rows(out)}, got {shape}")
     if not target.is_floating_point():
         raise TypeError(f"a per-sample target to mix must be floating point, got {target.dtype}")
     mixed = None
@@ -222,8 +230,8 @@ def sparse_labels(out: "MixOutput", labels: Tensor) -> tuple[Tensor, Tensor]:
         >>> ids.shape, torch.allclose(weights.sum(1), torch.ones(3))
         (torch.Size([3, 2]), True)
     """
-    if labels.ndim != 1 or labels.shape[0] != out.lam.shape[0] or labels.is_floating_point():
-        raise ValueError(f"labels must be class ids (B,) with B = {out.lam.shape[0]}, got {labels.dtype} "
+    if labels.ndim != 1 or labels.shape[0] != target_rows(out) or labels.is_floating_point():
+        raise ValueError(f"labels must be class ids (B,) with B = {target_rows(out)}, got {labels.dtype} "
                          f"{tuple(labels.shape)}")
     sources = sources_of(out)
     return (torch.stack([labels.index_select(0, s.index) for s in sources], 1),
@@ -261,8 +269,8 @@ def mix_boxes(out: "MixOutput", boxes: Tensor, valid: Tensor | None = None, *, m
         (torch.Size([2, 2, 4]), torch.Size([2, 2]))
     """
     batch = out.lam.shape[0]
-    if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
-        raise ValueError(f"boxes must be (B, N, 4) with B = {batch}, got {tuple(boxes.shape)}")
+    if boxes.ndim != 3 or boxes.shape[0] != target_rows(out) or boxes.shape[2] != 4:
+        raise ValueError(f"boxes must be (B, N, 4) with B = {target_rows(out)}, got {tuple(boxes.shape)}")
     valid = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device) if valid is None else valid.bool()
     if valid.shape != boxes.shape[:2]:
         raise ValueError(f"valid must be (B, N) = {tuple(boxes.shape[:2])} like the boxes, got {tuple(valid.shape)}")
@@ -302,8 +310,8 @@ def mix_keypoints(out: "MixOutput", points: Tensor, visible: Tensor | None = Non
         (torch.Size([2, 2, 2]), True)
     """
     batch = out.lam.shape[0]
-    if points.ndim != 3 or points.shape[0] != batch or points.shape[2] != 2:
-        raise ValueError(f"keypoints must be (B, N, 2) with B = {batch}, got {tuple(points.shape)}")
+    if points.ndim != 3 or points.shape[0] != target_rows(out) or points.shape[2] != 2:
+        raise ValueError(f"keypoints must be (B, N, 2) with B = {target_rows(out)}, got {tuple(points.shape)}")
     visible = torch.ones(points.shape[:2], dtype=torch.bool, device=points.device) if visible is None else visible.bool()
     height, width = out.x.shape[-2:]
     moved_all, shown_all = [], []
@@ -389,8 +397,8 @@ def _broadcast(weight: Tensor, like: Tensor) -> Tensor:
 def _check_spatial(out: "MixOutput", target: Tensor, what: str, *, float_only: bool = False) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"a {what} must be a torch.Tensor, got {type(target).__name__}")
-    expected = (out.lam.shape[0], "K", *out.x.shape[2:])
-    if target.ndim != out.x.ndim or target.shape[0] != out.lam.shape[0] or target.shape[2:] != out.x.shape[2:]:
+    expected = (target_rows(out), "K", *out.x.shape[2:])
+    if target.ndim != out.x.ndim or target.shape[0] != target_rows(out) or target.shape[2:] != out.x.shape[2:]:
         raise ValueError(f"a {what} must be (B, K, *spatial) = {expected} like the mixed images, got "
                          f"{tuple(target.shape)}")
     if float_only and not target.is_floating_point():

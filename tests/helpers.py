@@ -5,7 +5,12 @@ import torch
 import openmix
 
 INPUT_MIXERS = sorted(openmix.available("input"))
-MODES = ("batch", "elem")
+MODES = ("batch", "elem", "pair", "half")
+
+
+def rows(batch: int, mode: str) -> int:
+    """The rows a mixer returns for a batch of ``batch``: ``ceil(B/2)`` in ``half`` mode, else ``B``."""
+    return (batch + 1) // 2 if mode == "half" else batch
 
 
 def images(batch: int = 6, channels: int = 3, size: int = 16, dtype: torch.dtype = torch.float32) -> torch.Tensor:

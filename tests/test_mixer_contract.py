@@ -1,13 +1,15 @@
 """The behaviour every registered input mixer shares, checked in one shape for all.
 
-A mixer added to the registry is picked up here automatically.
+A mixer added to the registry is picked up here automatically. Every mode holds the contract; in
+``half`` mode the output has ``ceil(B/2)`` rows (``helpers.rows``), the first samples of the batch, and
+``out.index`` counts rows of the whole batch, so the checks compare with ``x[:rows]``.
 """
 
 import pytest
 import torch
 
 import openmix
-from helpers import INPUT_MIXERS, MODES, images
+from helpers import INPUT_MIXERS, MODES, images, rows
 
 NUM_CLASSES = 5
 # Mixers whose pasted content is not the partner pixel-for-pixel (it is resized first).
@@ -26,14 +28,15 @@ def labels(batch: int) -> torch.Tensor:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", INPUT_MIXERS)
 def test_output_shapes_and_targets(name, mode):
-    x = images(7)
+    x, n = images(7), rows(7, mode)
     out = build(name, mode=mode, seed=1)(x, labels(7))
-    assert out.x.shape == x.shape
-    assert out.y.shape == (7, NUM_CLASSES)
-    torch.testing.assert_close(out.y.sum(1), torch.ones(7))
-    assert out.lam.shape == (7,) and out.lam.dtype == torch.float32
+    assert out.x.shape == (n, *x.shape[1:])
+    assert out.y.shape == (n, NUM_CLASSES)
+    torch.testing.assert_close(out.y.sum(1), torch.ones(n))
+    assert out.lam.shape == (n,) and out.lam.dtype == torch.float32
     assert bool(((out.lam >= 0) & (out.lam <= 1)).all())
-    assert sorted(out.index.tolist()) == list(range(7))
+    partners = list(range(7 - n, 7)) if mode == "half" else list(range(7))  # half: one each of the last rows
+    assert sorted(out.index.tolist()) == partners
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -42,7 +45,7 @@ def test_targets_follow_lam(name, mode):
     x, y = images(6), labels(6)
     out = build(name, mode=mode, seed=2)(x, y)
     onehot = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
-    expected = out.lam[:, None] * onehot + (1 - out.lam[:, None]) * onehot[out.index]
+    expected = out.lam[:, None] * onehot[: rows(6, mode)] + (1 - out.lam[:, None]) * onehot[out.index]
     torch.testing.assert_close(out.y, expected)
 
 
@@ -60,22 +63,23 @@ def test_lam_is_mask_area(name, mode):
 def test_output_is_blend_of_sample_and_partner(name, mode):
     x = images(6)
     out = build(name, mode=mode, seed=4)(x, labels(6))
+    own = x[: rows(6, mode)]
     weight = out.mask if out.mask is not None else out.lam.view(-1, 1, 1, 1)
     if name in TRANSFORMS_PARTNER:  # only the kept part can be checked
-        kept = (weight == 1).expand_as(x)
-        torch.testing.assert_close(out.x[kept], x[kept])
+        kept = (weight == 1).expand_as(own)
+        torch.testing.assert_close(out.x[kept], own[kept])
     else:
-        torch.testing.assert_close(out.x, weight * x + (1 - weight) * x[out.index])
+        torch.testing.assert_close(out.x, weight * own + (1 - weight) * x[out.index])
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", INPUT_MIXERS)
 def test_prob_zero_is_identity(name, mode):
-    x, y = images(6), labels(6)
+    x, y, n = images(6), labels(6), rows(6, mode)
     out = build(name, mode=mode, prob=0.0)(x, y)
-    torch.testing.assert_close(out.x, x)
-    torch.testing.assert_close(out.y, torch.nn.functional.one_hot(y, NUM_CLASSES).float())
-    torch.testing.assert_close(out.lam, torch.ones(6))
+    torch.testing.assert_close(out.x, x[:n])
+    torch.testing.assert_close(out.y, torch.nn.functional.one_hot(y[:n], NUM_CLASSES).float())
+    torch.testing.assert_close(out.lam, torch.ones(n))
 
 
 @pytest.mark.parametrize("name", INPUT_MIXERS)
@@ -85,6 +89,41 @@ def test_elem_prob_mixes_some_samples_only(name):
     untouched = (out.x == x).flatten(1).all(1) & (out.index != torch.arange(64))  # not paired with itself
     assert 5 < int(untouched.sum()) < 59
     assert bool((out.lam[untouched] == 1).all())
+
+
+@pytest.mark.parametrize("pairing", ["flip", "random"])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_pair_mode_mixes_each_pair_both_ways_with_one_draw(name, pairing):
+    """Pairs are partners of each other and share lam, mask and the prob coin (some pairs stay whole)."""
+    x = images(64)
+    out = build(name, mode="pair", pairing=pairing, prob=0.5, seed=6)(x, labels(64))
+    assert torch.equal(out.index[out.index], torch.arange(64)) and bool((out.index != torch.arange(64)).all())
+    assert torch.equal(out.lam[out.index], out.lam)
+    if out.mask is not None:
+        assert torch.equal(out.mask[out.index], out.mask)
+    untouched = (out.x == x).flatten(1).all(1)
+    assert torch.equal(untouched[out.index], untouched) and 5 < int(untouched.sum()) < 59
+
+
+@pytest.mark.parametrize("mode", ["pair", "half"])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_paired_modes_leave_the_middle_of_an_odd_batch_as_it_was(name, mode):
+    """With timm's flip, pairs are (i, B-1-i): in an odd batch the middle sample is its own partner
+    (ResizeMix pastes a shrunk copy of it into itself; its label stays whole all the same)."""
+    x, y = images(7), labels(7)
+    out = build(name, mode=mode, pairing="flip", seed=7)(x, y)
+    assert out.index.tolist() == [6, 5, 4, 3, 2, 1, 0][: rows(7, mode)]
+    if name not in TRANSFORMS_PARTNER:
+        torch.testing.assert_close(out.x[3], x[3])
+    torch.testing.assert_close(out.y[3], torch.nn.functional.one_hot(y[3], NUM_CLASSES).float())
+
+
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_half_mode_returns_the_first_half_mixed_with_the_second(name):
+    x, y = images(8), labels(8)
+    out = build(name, mode="half", pairing="flip", seed=8)(x, y)
+    assert out.x.shape[0] == 4 and out.index.tolist() == [7, 6, 5, 4] and out.batch_size == 8
+    assert not torch.equal(out.x, x[:4])
 
 
 @pytest.mark.parametrize("name", INPUT_MIXERS)
@@ -146,8 +185,8 @@ def test_one_and_three_channels(name, channels):
 @pytest.mark.parametrize("name", INPUT_MIXERS)
 def test_batch_of_one_and_odd_batches(name, mode, batch):
     out = build(name, mode=mode, seed=0)(images(batch), labels(batch))
-    assert out.x.shape[0] == batch
-    torch.testing.assert_close(out.y.sum(1), torch.ones(batch))
+    assert out.x.shape[0] == rows(batch, mode)
+    torch.testing.assert_close(out.y.sum(1), torch.ones(rows(batch, mode)))
 
 
 @pytest.mark.parametrize("name", INPUT_MIXERS)
@@ -256,7 +295,12 @@ class TestBadInput:
 
     def test_unknown_mode(self, name):
         with pytest.raises(ValueError, match="mode"):
-            build(name, mode="pair")
+            build(name, mode="pairs")
+
+    @pytest.mark.parametrize("mode", ["pair", "half"])
+    def test_paired_modes_need_pairs(self, name, mode):
+        with pytest.raises(ValueError, match="pairing must be 'flip'.*or 'random'"):
+            build(name, mode=mode, pairing="roll")
 
     def test_unknown_pairing(self, name):
         with pytest.raises(ValueError, match="pairing"):
@@ -307,7 +351,7 @@ def test_the_images_are_their_own_dense_target(name, mode):
 def test_soft_class_maps_still_sum_to_one(name, mode):
     out = build(name, mode=mode, seed=5)(images(6))
     maps = torch.softmax(torch.randn(6, NUM_CLASSES, 16, 16), 1)
-    torch.testing.assert_close(out.dense(maps).sum(1), torch.ones(6, 16, 16))
+    torch.testing.assert_close(out.dense(maps).sum(1), torch.ones(rows(6, mode), 16, 16))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -320,7 +364,7 @@ def test_a_class_map_takes_the_owner_of_each_pixel_or_is_refused(name, mode):
             out.class_map(seg)
         return
     owner = out.mask[:, 0] >= 0.5
-    torch.testing.assert_close(out.class_map(seg), torch.where(owner, seg, seg[out.index]))
+    torch.testing.assert_close(out.class_map(seg), torch.where(owner, seg[: rows(6, mode)], seg[out.index]))
     ignored = seg.clone()
     ignored[:, :4] = 255
     assert bool((out.class_map(ignored, ignore_index=255) == 255).sum() > 0)
@@ -329,12 +373,13 @@ def test_a_class_map_takes_the_owner_of_each_pixel_or_is_refused(name, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", INPUT_MIXERS)
 def test_vectors_and_sparse_labels_follow_the_shares(name, mode):
-    out = build(name, mode=mode, seed=7)(images(6))
+    out, n = build(name, mode=mode, seed=7)(images(6)), rows(6, mode)
     values = torch.randn(6, 3)
-    torch.testing.assert_close(out.vector(values), out.lam[:, None] * values + (1 - out.lam[:, None]) * values[out.index])
+    expected = out.lam[:, None] * values[:n] + (1 - out.lam[:, None]) * values[out.index]
+    torch.testing.assert_close(out.vector(values), expected)
     ids, weights = out.sparse(labels(6))
-    assert torch.equal(ids[:, 0], labels(6)) and torch.equal(ids[:, 1], labels(6)[out.index])
-    torch.testing.assert_close(weights.sum(1), torch.ones(6))
+    assert torch.equal(ids[:, 0], labels(6)[:n]) and torch.equal(ids[:, 1], labels(6)[out.index])
+    torch.testing.assert_close(weights.sum(1), torch.ones(n))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -342,9 +387,9 @@ def test_vectors_and_sparse_labels_follow_the_shares(name, mode):
 def test_a_whole_image_box_is_as_visible_as_its_image(name, mode):
     """A box over the whole image: the sample's stays as visible as its share of the pixels, the
     partner's as visible as the rest (ResizeMix's partner, shrunk into the patch, wholly)."""
-    out = build(name, mode=mode, seed=8)(images(6))
+    out, n = build(name, mode=mode, seed=8)(images(6)), rows(6, mode)
     boxes, valid, visible = out.boxes(torch.tensor([[[0.0, 0.0, 16.0, 16.0]]]).expand(6, 1, 4))
-    assert boxes.shape == (6, 2, 4) and valid.shape == visible.shape == (6, 2)
+    assert boxes.shape == (n, 2, 4) and valid.shape == visible.shape == (n, 2)
     if out.mask is None:
         assert bool(valid.all()) and bool((visible == 1).all())
     elif out.binary:

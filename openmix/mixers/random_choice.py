@@ -19,7 +19,8 @@ __all__ = ["RandomChoice"]
 
 MixerSpec = Union[Mixer, str, Mapping[str, Any]]
 # Arguments a child built from a name or a dict inherits unless the dict sets them.
-COMMON = ("num_classes", "mode", "prob", "pairing", "label_smoothing", "seed", "same_on_all_ranks", "spatial_axes")
+COMMON = ("num_classes", "mode", "prob", "pairing", "label_smoothing", "seed", "same_on_all_ranks", "spatial_axes",
+          "bandwidth", "global_pairing")
 # timm's Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
 TIMM_DEFAULT: tuple[dict[str, Any], ...] = ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0})
 
@@ -34,9 +35,10 @@ class RandomChoice(Mixer):
     called directly, with its own ``prob``, ``mode`` and targets.
 
     Children given by name or as a dict ``{"name": ..., **kwargs}`` (as in Hydra
-    configs) inherit ``num_classes``, ``mode``, ``prob``, ``pairing``,
-    ``label_smoothing``, ``seed`` and ``spatial_axes`` unless the dict sets them: so ``prob`` applies
-    per batch (``batch`` mode) or per sample (``elem``) to whichever mixer is picked.
+    configs) inherit ``num_classes``, ``mode``, ``prob``, ``pairing`` (with ``bandwidth`` and
+    ``global_pairing``), ``label_smoothing``, ``seed`` and ``spatial_axes`` unless the dict sets
+    them: so ``prob`` applies per batch (``batch`` mode), per sample (``elem``) or per pair
+    (``pair``) to whichever mixer is picked.
     Child ``i`` gets ``seed + 1 + i``, keeping its draws apart from the pick's.
     Mixer instances are used as they are.
 
@@ -82,15 +84,19 @@ class RandomChoice(Mixer):
             accepted = ", ".join(f"{type(m).__name__} {m.spatial_dims}" for m in self.mixers)
             raise ValueError(f"the mixers accept no common number of spatial axes: {accepted}")
 
-    def forward(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> MixOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None,
+                pair_by: Tensor | None = None) -> MixOutput:
         """Mix a batch with one mixer, picked on the host; see :meth:`Mixer.forward`."""
         self.check_inputs(x)
-        return self.mixers[self._pick(x, generator)](x, y, generator=generator)
+        extra = {} if pair_by is None else {"pair_by": pair_by}  # children that predate pair_by take none
+        return self.mixers[self._pick(x, generator)](x, y, generator=generator, **extra)
 
-    def sample_params(self, x: Tensor, generator: torch.Generator | None = None) -> Params:
+    def sample_params(self, x: Tensor, generator: torch.Generator | None = None, *,
+                      pair_by: Tensor | None = None) -> Params:
         """Pick a mixer and draw its parameters; ``params["choice"]`` (a CPU tensor) records the pick."""
         choice = self._pick(x, generator)
-        params = self.mixers[choice].sample_params(x, generator)
+        extra = {} if pair_by is None else {"pair_by": pair_by}
+        params = self.mixers[choice].sample_params(x, generator, **extra)
         params["choice"] = torch.tensor(choice)
         return params
 

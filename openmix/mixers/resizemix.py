@@ -15,7 +15,7 @@ from torch import Tensor
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.output import Layout
 from openmix.registry import register
-from openmix.sampling import beta, box_mask, host_beta, host_rows, host_uniform, partner_index, uniform
+from openmix.sampling import beta, box_mask, host_beta, host_rows, host_uniform, uniform
 
 __all__ = ["ResizeMix"]
 
@@ -83,7 +83,7 @@ class ResizeMix(Mixer):
         """``index``, ``lam`` and the patch box ``lo``/``hi``: int64 ``(1, d)`` CPU tensors in batch mode
         (drawn on the host), ``(B, d)`` on ``x.device`` in elem mode."""
         batch, device, spatial = x.shape[0], x.device, x.shape[2:]
-        index = partner_index(batch, self.pairing, device=device, generator=draws.device)
+        index = self.draw_index(x, draws)
         if self.mode == "batch":
             lo, hi = self._host_box(spatial, draws.host)
             area = 1

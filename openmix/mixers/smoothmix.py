@@ -10,7 +10,7 @@ from torch import Tensor
 
 from openmix.mixer import Draws, Mixer, Params, blend, gather_partner
 from openmix.registry import register
-from openmix.sampling import host_rows, host_uniform, one_minus_outer, partner_index
+from openmix.sampling import host_rows, host_uniform, one_minus_outer
 
 __all__ = ["SmoothMix"]
 
@@ -58,7 +58,7 @@ class SmoothMix(Mixer):
         Batch mode draws its one blob on the host (``centre``/``sigma`` are then CPU
         tensors); elem mode draws one per sample on ``x.device``."""
         batch, device, spatial = x.shape[0], x.device, x.shape[2:]
-        index = partner_index(batch, self.pairing, device=device, generator=draws.device)
+        index = self.draw_index(x, draws)
         low, high = self.sigma
         if self.mode == "batch":  # one blob, drawn on the host; its mean weight computed there too
             u = host_uniform(len(spatial) + 1, draws.host)

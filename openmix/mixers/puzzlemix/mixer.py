@@ -60,7 +60,9 @@ class PuzzleMix(ModelMixer):
     ``transport``, ``T`` is the identity); ``lam`` is its mean.
 
     Args:
-        alpha: ``lam ~ Beta(alpha, alpha)`` (one per batch in ``"batch"`` mode, as official).
+        alpha: ``lam ~ Beta(alpha, alpha)`` (one per batch in ``"batch"`` mode, as official). Modes
+            ``batch`` and ``elem`` only: a pair cannot share one mask, since each sample's is solved
+            from its own and its partner's saliency.
         num_classes: needed for class-id labels.
         block_nums: the grid sides ``G`` to draw from, uniformly, each step; ``None``: those of the
             official ``{2, 4, 8, 16}`` that divide the image side (28 px: ``(2, 4)``).
@@ -97,6 +99,7 @@ class PuzzleMix(ModelMixer):
     mixes = "blocks chosen by the model's saliency"
     pure_mix = False  # mix() solves the masks from the saliency: targets follow the recorded layout instead
     spatial_dims = (2,)
+    modes = ("batch", "elem")  # no pair mode: each mask is solved from both saliency maps, one per sample
 
     def __init__(
         self,
