@@ -4,7 +4,10 @@ timm's ``Mixup`` draws with numpy (``np.random.rand`` for the ``prob`` coins,
 ``np.random.beta`` for lam, ``np.random.randint`` for box centres and minmax sides);
 torchvision's ``v2.MixUp`` / ``v2.CutMix`` draw lam from their ``_dist`` and the box
 centre with ``torch.randint``. The tests force those draws, build the openmix params
-from the same values by hand and call ``mixer.apply_params``.
+from the same values by hand and call ``mixer.apply_params``. timm's ``pair`` mode (``Mixup``)
+and ``half`` mode (``FastCollateMixup``, which mixes uint8 images in the collate) are checked the
+same way, with openmix's own pairing of the draws (``pair_partners`` / ``mirror_params``,
+``half_partners``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from torchvision.transforms import v2
 
 import openmix
-from openmix.sampling import partner_index, random_boxes
+from openmix.mixer import mirror_params
+from openmix.sampling import half_partners, pair_partners, partner_index, random_boxes
 from openmix.targets import soft_targets
 
 NUM_CLASSES = 10
@@ -89,6 +93,15 @@ def torchvision_box(lam: float, centre: tuple[int, ...], sizes: tuple[int, ...])
         lo.append(max(c - half, 0))
         hi.append(min(c + half, size))
     return lo, hi
+
+
+def force_cutmix_draws(forced: ForcedNumpy, lam, centres, size: tuple[int, int]) -> tuple[list, list]:
+    """Queue timm's draws of one CutMix box per sample (or pair): lam, coins that mix, centres (y, x);
+    returns timm's boxes as ``(lo, hi)``, one row each."""
+    forced.beta, forced.rand = list(lam), [0.0] * len(lam)
+    forced.randint = [v for c in centres for v in c]
+    boxes = [timm_box(float(l), c, size) for l, c in zip(lam, centres)]
+    return [b[0] for b in boxes], [b[1] for b in boxes]
 
 
 def params(lam, index: torch.Tensor, lo=None, hi=None) -> dict[str, torch.Tensor]:
@@ -176,12 +189,10 @@ def test_timm_cutmix_elem(forced_numpy, correct_lam):
     lam = np.array([0.5, 0.2, 0.9, 0.35, 0.7, 0.05], dtype=np.float32)
     centres = [(6, 10), (0, 0), (11, 19), (3, 15), (9, 2), (6, 0)]
     x, y = images(6, *size), labels(6)
-    forced_numpy.beta, forced_numpy.rand = list(lam), [0.0] * 6
-    forced_numpy.randint = [v for c in centres for v in c]
+    lo, hi = force_cutmix_draws(forced_numpy, lam, centres, size)
     timm = timm_mixup.Mixup(0.0, 1.0, mode="elem", correct_lam=correct_lam, label_smoothing=0.0, num_classes=NUM_CLASSES)
     theirs = run_timm(timm, x, y)
-    boxes = [timm_box(float(l), c, size) for l, c in zip(lam, centres)]
-    p = params(lam, partner_index(6, "flip"), [b[0] for b in boxes], [b[1] for b in boxes])
+    p = params(lam, partner_index(6, "flip"), lo, hi)
     mixer = openmix.build("cutmix", num_classes=NUM_CLASSES, mode="elem", pairing="flip", correct_lam=correct_lam)
     ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES), p)
     assert forced_numpy.exhausted()
@@ -202,6 +213,115 @@ def test_timm_cutmix_minmax(forced_numpy, sides, corner):
     ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES), params(0.5, partner_index(6, "flip"), lo, hi))
     assert forced_numpy.exhausted()
     assert_same(ours, theirs)
+
+
+# ------------------------------------------------------------ timm's pair and half modes
+PAIR_LAM = np.array([0.3, 0.8, 0.55], dtype=np.float32)  # one per pair of a batch of 6, or per kept sample of half
+PAIR_CENTRES = [(6, 10), (0, 19), (11, 3)]  # (y, x) in a 12 x 20 image
+
+
+def per_pair(lam, lo=None, hi=None) -> dict[str, torch.Tensor]:
+    """openmix's pair-mode params of a batch of 6 from one draw per pair: the draws of samples 0..2 (the
+    pair leaders; 3..5 hold junk) given to both samples of each flip pair by ``mirror_params``."""
+    draws = {"lam": torch.cat([torch.as_tensor(lam, dtype=torch.float32), torch.full((3,), 0.01)])}
+    if lo is not None:
+        draws["lo"] = torch.cat([torch.as_tensor(lo), torch.zeros(3, 2, dtype=torch.long)])
+        draws["hi"] = torch.cat([torch.as_tensor(hi), torch.full((3, 2), 12, dtype=torch.long)])
+    index, leader = pair_partners(6, "flip")
+    return mirror_params({**draws, "index": index}, leader)
+
+
+def first_half(lam, lo=None, hi=None) -> dict[str, torch.Tensor]:
+    """openmix's half-mode params of a batch of 6: samples 0..2 drawn, mixed with 5..3; the rest unused."""
+    out = {"lam": torch.cat([torch.as_tensor(lam, dtype=torch.float32), torch.ones(3)]),
+           "index": half_partners(6, "flip")}
+    if lo is not None:
+        out["lo"] = torch.cat([torch.as_tensor(lo), torch.zeros(3, 2, dtype=torch.long)])
+        out["hi"] = torch.cat([torch.as_tensor(hi), torch.zeros(3, 2, dtype=torch.long)])
+    return out
+
+
+def collate_batch(batch: int, size: tuple[int, int]) -> tuple[list[tuple[np.ndarray, int]], torch.Tensor, torch.Tensor]:
+    """A batch as ``FastCollateMixup`` takes it (uint8 ``(C, H, W)`` arrays, int labels), and as tensors."""
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randint(0, 256, (batch, 3, *size), generator=gen, dtype=torch.uint8)
+    y = labels(batch)
+    return [(x[i].numpy().copy(), int(y[i])) for i in range(batch)], x.float(), y
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_timm_mixup_pair(forced_numpy, smoothing):
+    """Each pair (i, 5-i) shares one lam and mixes both ways; timm returns concat(lam, lam[::-1])."""
+    x, y = images(6), labels(6)
+    forced_numpy.beta, forced_numpy.rand = list(PAIR_LAM), [0.0] * 3
+    theirs = run_timm(timm_mixup.Mixup(1.0, 0.0, mode="pair", label_smoothing=smoothing, num_classes=NUM_CLASSES), x, y)
+    mixer = openmix.build("mixup", num_classes=NUM_CLASSES, mode="pair", pairing="flip", label_smoothing=smoothing)
+    ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES, smoothing), per_pair(PAIR_LAM))
+    assert forced_numpy.exhausted()
+    assert_same(ours, theirs)
+    torch.testing.assert_close(ours.lam, torch.tensor([0.3, 0.8, 0.55, 0.55, 0.8, 0.3]))
+
+
+def test_timm_mixup_pair_prob_skips_whole_pairs(forced_numpy):
+    coins = [0.1, 0.9, 0.2]  # >= prob 0.5: pair (1, 4) is skipped
+    x, y = images(6), labels(6)
+    forced_numpy.beta, forced_numpy.rand = list(PAIR_LAM), list(coins)
+    timm = timm_mixup.Mixup(1.0, 0.0, prob=0.5, mode="pair", label_smoothing=0.0, num_classes=NUM_CLASSES)
+    theirs = run_timm(timm, x, y)
+    kept = np.where(np.array(coins) < 0.5, PAIR_LAM, 1.0)
+    mixer = openmix.build("mixup", num_classes=NUM_CLASSES, mode="pair", prob=0.5, pairing="flip")
+    ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES), per_pair(kept))
+    assert_same(ours, theirs)
+    torch.testing.assert_close(ours.x[[1, 4]], x[[1, 4]])
+
+
+@pytest.mark.parametrize("correct_lam", [True, False])
+def test_timm_cutmix_pair(forced_numpy, correct_lam):
+    """One box per pair, its contents swapped between the two samples."""
+    size = (12, 20)
+    x, y = images(6, *size), labels(6)
+    lo, hi = force_cutmix_draws(forced_numpy, PAIR_LAM, PAIR_CENTRES, size)
+    timm = timm_mixup.Mixup(0.0, 1.0, mode="pair", correct_lam=correct_lam, label_smoothing=0.1,
+                            num_classes=NUM_CLASSES)
+    theirs = run_timm(timm, x, y)
+    p = per_pair(PAIR_LAM, lo, hi)
+    mixer = openmix.build("cutmix", num_classes=NUM_CLASSES, mode="pair", pairing="flip", correct_lam=correct_lam,
+                          label_smoothing=0.1)
+    ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES, 0.1), p)
+    assert forced_numpy.exhausted()
+    assert_same(ours, theirs)
+    assert torch.equal(ours.mask, ours.mask.flip(0))  # the pair's one box
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_timm_fast_collate_mixup_half(forced_numpy, smoothing):
+    """Three outputs from six samples, sample i mixed with 5 - i; timm rounds its uint8 blend, openmix
+    mixes floats, so they agree to half a grey level."""
+    batch, x, y = collate_batch(6, (12, 20))
+    forced_numpy.beta, forced_numpy.rand = list(PAIR_LAM), [0.0] * 3
+    collate = timm_mixup.FastCollateMixup(1.0, 0.0, mode="half", label_smoothing=smoothing, num_classes=NUM_CLASSES)
+    theirs_x, theirs_y = collate(batch)
+    mixer = openmix.build("mixup", num_classes=NUM_CLASSES, mode="half", pairing="flip", label_smoothing=smoothing)
+    ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES, smoothing), first_half(PAIR_LAM))
+    assert forced_numpy.exhausted()
+    assert theirs_x.shape == ours.x.shape == (3, 3, 12, 20)
+    assert float((ours.x - theirs_x.float()).abs().max()) <= 0.5 + 1e-3
+    torch.testing.assert_close(ours.y, theirs_y.float())
+
+
+@pytest.mark.parametrize("correct_lam", [True, False])
+def test_timm_fast_collate_cutmix_half(forced_numpy, correct_lam):
+    batch, x, y = collate_batch(6, (12, 20))
+    lo, hi = force_cutmix_draws(forced_numpy, PAIR_LAM, PAIR_CENTRES, (12, 20))
+    collate = timm_mixup.FastCollateMixup(0.0, 1.0, mode="half", correct_lam=correct_lam, label_smoothing=0.1,
+                                          num_classes=NUM_CLASSES)
+    theirs_x, theirs_y = collate(batch)
+    mixer = openmix.build("cutmix", num_classes=NUM_CLASSES, mode="half", pairing="flip", correct_lam=correct_lam,
+                          label_smoothing=0.1)
+    ours = mixer.apply_params(x, soft_targets(y, NUM_CLASSES, 0.1), first_half(PAIR_LAM, lo, hi))
+    assert forced_numpy.exhausted()
+    assert torch.equal(ours.x, theirs_x.float())  # pasted pixels: exact
+    torch.testing.assert_close(ours.y, theirs_y.float())
 
 
 @pytest.mark.parametrize("size", [(32, 32), (7, 13), (1, 20)])
