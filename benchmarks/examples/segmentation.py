@@ -7,7 +7,7 @@ convolutional net learns to label every pixel, once without mixing and once with
 it shows. Same seed, same initial weights, same batches and steps for both runs. It prints one line
 per run: pixel accuracy and mean IoU (over the 11 classes) on the test set.
 
-Run (about 1-2 minutes on one CPU thread)::
+Run (75 s on one CPU thread of a shared 2-core machine)::
 
     OMP_NUM_THREADS=1 python benchmarks/examples/segmentation.py
 """

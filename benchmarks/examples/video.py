@@ -7,7 +7,7 @@ generator). A tiny 3-D conv net classifies the clips, once without mixing and on
 same place in every frame (the script asserts it on every batch). Same seed, same initial weights,
 same batches and steps for both runs. It prints one line per run: clip top-1 on the test clips.
 
-Run (about 1-2 minutes on one CPU thread)::
+Run (95 s on one CPU thread of a shared 2-core machine)::
 
     OMP_NUM_THREADS=1 python benchmarks/examples/video.py
 """
