@@ -62,7 +62,8 @@ class MixOutput:
         lam: weight of the original sample, float32 ``(B,)``.
         index: partner of each sample, int64 ``(B,)``.
         mask: per-position weight of the original, ``(B, 1, *spatial)``, for mixers that
-            have one (cut and mask mixers), else ``None``.
+            have one (cut and mask mixers), else ``None`` (also for a batch the ``prob`` coin left
+            unmixed).
         sources: for mixers of more than two samples (AdAutoMix), ``(indices, weights)``, each
             ``(B, K)``: every sample mixed into ``x_mixed[i]`` (itself first) and its weight in
             the targets; ``index`` is then the first partner. ``None`` for two samples.

@@ -16,7 +16,7 @@ from openmix.output import IDENTITY_LAYOUT
 if TYPE_CHECKING:
     from openmix.output import MixOutput
 
-__all__ = ["soft_targets", "mix_targets", "mix_dense", "mix_class_map", "mix_vector", "sparse_labels", "mix_boxes",
+__all__ = ["soft_targets", "mix_targets", "silhouettes", "mix_dense", "mix_class_map", "mix_vector", "sparse_labels", "mix_boxes",
            "mix_keypoints", "sources_of", "Source"]
 
 
@@ -96,6 +96,31 @@ def _check_range(y: Tensor, num_classes: int) -> None:
             raise ValueError(f"class ids must be in [0, {num_classes}), got values in [{low}, {high}]")
     else:
         torch._assert_async(((y >= 0) & (y < num_classes)).all(), f"class ids must be in [0, {num_classes})")
+
+
+def silhouettes(images: Tensor, labels: Tensor, threshold: float = 0.15) -> tuple[Tensor, Tensor]:
+    """Targets from the images themselves: ``(class map (N, H, W), boxes (N, 1, 4))``. A pixel brighter
+    than ``threshold`` (mean over channels, pixels in ``[0, 1]``) is foreground, labelled ``label + 1``
+    (0 is background); the box is the foreground's bounding box ``(x1, y1, x2, y2)``.
+
+    Example:
+        >>> image = torch.zeros(1, 1, 4, 4); image[0, 0, 1:3, 2:4] = 1.0
+        >>> seg, boxes = silhouettes(image, torch.tensor([4]))
+        >>> int(seg.max()), boxes.tolist()
+        (5, [[[2.0, 1.0, 4.0, 3.0]]])
+    """
+    foreground = images.float().mean(1) > threshold
+    seg = torch.where(foreground, labels.view(-1, 1, 1) + 1, 0)
+    rows, cols = foreground.any(2), foreground.any(1)
+
+    def span(present: Tensor) -> tuple[Tensor, Tensor]:
+        position = torch.arange(present.shape[1]).float()
+        first = torch.where(present, position, float(present.shape[1])).amin(1)
+        last = torch.where(present, position, -1.0).amax(1)
+        return first, last + 1
+
+    (y1, y2), (x1, x2) = span(rows), span(cols)
+    return seg, torch.stack([x1, y1, x2, y2], 1).unsqueeze(1)
 
 
 # ====================================================================== one draw, any target

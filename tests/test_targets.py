@@ -90,7 +90,8 @@ def test_a_mixer_without_labels_mixes_only_the_inputs():
 
 
 def test_openmix_show_draws_the_targets_of_each_draw(tmp_path):
-    from openmix.cli.show import gallery, silhouettes
+    from openmix.cli.show import gallery
+    from openmix.targets import silhouettes
 
     images = torch.zeros(4, 1, 12, 12)
     images[:, :, 3:9, 2:10] = 0.8

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import openmix
 from _common import compare, load_images, parser
-from openmix.cli.show import silhouettes
+from openmix.targets import silhouettes
 
 
 def block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 import openmix
 from _common import compare, load_images, parser
-from openmix.cli.show import silhouettes
+from openmix.targets import silhouettes
 
 CLASSES = 11  # background + the 10 garments
 

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from openmix.cli.train import CONFIG_DIR, ConfigError, quiet_lightning, validate
 from openmix.model_mixer import ModelMixer
+from openmix.targets import silhouettes
 from openmix.training import build_mixer
 
-__all__ = ["gallery", "silhouettes", "main"]
+__all__ = ["gallery", "main"]
 
 
 def sample_images(cfg: DictConfig, count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -37,31 +38,6 @@ def sample_images(cfg: DictConfig, count: int) -> tuple[torch.Tensor, torch.Tens
     return (x[:count] * std + mean).clamp(0, 1), y[:count], datamodule.num_classes
 
 
-def silhouettes(images: torch.Tensor, labels: torch.Tensor, threshold: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets from the images themselves: ``(class map (N, H, W), boxes (N, 1, 4))``. A pixel brighter
-    than ``threshold`` (mean over channels, pixels in ``[0, 1]``) is foreground, labelled ``label + 1``
-    (0 is background); the box is the foreground's bounding box ``(x1, y1, x2, y2)``.
-
-    Example:
-        >>> image = torch.zeros(1, 1, 4, 4); image[0, 0, 1:3, 2:4] = 1.0
-        >>> seg, boxes = silhouettes(image, torch.tensor([4]))
-        >>> int(seg.max()), boxes.tolist()
-        (5, [[[2.0, 1.0, 4.0, 3.0]]])
-    """
-    foreground = images.float().mean(1) > threshold
-    seg = torch.where(foreground, labels.view(-1, 1, 1) + 1, 0)
-    rows, cols = foreground.any(2), foreground.any(1)
-
-    def span(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        position = torch.arange(present.shape[1]).float()
-        first = torch.where(present, position, float(present.shape[1])).amin(1)
-        last = torch.where(present, position, -1.0).amax(1)
-        return first, last + 1
-
-    (y1, y2), (x1, x2) = span(rows), span(cols)
-    return seg, torch.stack([x1, y1, x2, y2], 1).unsqueeze(1)
-
-
 def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], num_classes: int, out: Path,
             seed: int = 0, targets: bool = False) -> Path:
     """Write a grid: the clean images on the first row, then one row per mixer with each sample's lam.
@@ -73,7 +49,8 @@ def gallery(images: torch.Tensor, labels: torch.Tensor, mixers: Sequence[Any], n
         num_classes: for building mixers from names.
         out: PNG path.
         seed: the mixers' seed (row ``r`` gets ``seed + r``).
-        targets: draw the same draw applied to the silhouettes' class maps and boxes (:func:`silhouettes`).
+        targets: draw the same draw applied to the silhouettes' class maps and boxes
+            (:func:`openmix.targets.silhouettes`).
     """
     import matplotlib
 
