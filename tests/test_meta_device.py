@@ -40,6 +40,21 @@ def test_input_mixer_call_reads_nothing_on_the_host(name, mode):
     assert out.x.device.type == "meta" and out.y.shape == (rows(16, mode), NUM_CLASSES)
 
 
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("name", INPUT_MIXERS)
+def test_mixing_other_targets_reads_nothing_on_the_host(name, mode):
+    """The same draw applied to dense targets, class maps, boxes, keypoints and vectors: no host read."""
+    x, _ = meta_batch()
+    out = openmix.build(name, mode=mode)(x)
+    assert out.dense(torch.empty(16, 4, 32, 32, device="meta")).shape == (16, 4, 32, 32)
+    if out.binary:
+        assert out.class_map(torch.zeros(16, 32, 32, dtype=torch.long, device="meta")).shape == (16, 32, 32)
+    boxes, valid, visible = out.boxes(torch.empty(16, 3, 4, device="meta"))
+    assert boxes.shape == (16, 6, 4) and valid.device.type == "meta"
+    assert out.keypoints(torch.empty(16, 5, 2, device="meta"))[0].shape == (16, 10, 2)
+    assert out.vector(torch.empty(16, 2, device="meta")).shape == (16, 2)
+
+
 @pytest.mark.parametrize("grid", [2, 4, 8, 16])
 def test_puzzlemix_mixing_reads_nothing_on_the_host(grid):
     x, y = meta_batch()
