@@ -1,5 +1,7 @@
 """Shared test data and mixer lists (importable from any test module)."""
 
+import functools
+
 import torch
 
 import openmix
@@ -73,3 +75,32 @@ def assert_lightning_trains(mixer: dict, steps: int = 3):
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert not torch.equal(before["fc.weight"], module.model.state_dict()["fc.weight"])
     return module
+
+
+def tiny_vit(num_classes: int = 10) -> torch.nn.Module:
+    """A timm ViT for 16x16 1-channel images: 4x4 patches (16 tokens and a class token), width 32, 2 blocks."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=num_classes, embed_dim=32, depth=2,
+                             num_heads=2)
+
+
+@functools.lru_cache(maxsize=None)
+def model_factory(name: str, num_classes: int = 10):
+    """The smallest model the registered mixer ``name`` trains with: :func:`tiny_convnet`, or :func:`tiny_vit`
+    for a mixer that refuses a CNN (``check_model``/``attach`` raise ``TypeError``). Input mixers: the CNN."""
+    from openmix.model_mixer import LearnedMixer, ModelMixer
+
+    mixer = openmix.build(name, num_classes=num_classes)
+    if not isinstance(mixer, ModelMixer):
+        return tiny_convnet
+    for make in (tiny_convnet, tiny_vit):
+        try:
+            if isinstance(mixer, LearnedMixer):
+                mixer.attach(make(num_classes))
+            else:
+                mixer.check_model(make(num_classes))
+            return make
+        except TypeError:
+            continue
+    raise TypeError(f"{name} trains with neither tiny_convnet nor tiny_vit")

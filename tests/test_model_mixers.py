@@ -21,7 +21,7 @@ from openmix.model_mixer import LearnedMixer, ModelMixer
 from openmix.output import StepResult
 from openmix.registry import register
 from openmix.training import mix_step
-from helpers import seeded_batch, tiny_convnet
+from helpers import model_factory, seeded_batch, tiny_convnet
 
 NUM_CLASSES = 10
 MODEL_MIXERS = sorted(name for name, kind in openmix.available().items() if kind != "input")
@@ -36,7 +36,7 @@ def built(name: str, model: nn.Module | None = None, **kwargs) -> ModelMixer:
     torch.manual_seed(0)
     mixer = openmix.build(name, num_classes=NUM_CLASSES, seed=0, **kwargs)
     if isinstance(mixer, LearnedMixer):
-        mixer.attach(model if model is not None else tiny_convnet())
+        mixer.attach(model if model is not None else model_factory(name)())
     return mixer
 
 
@@ -57,7 +57,7 @@ def test_calling_it_without_the_model_says_how_to_train(name):
 
 @pytest.mark.parametrize("name", MODEL_MIXERS)
 def test_a_step_gives_logits_soft_targets_and_a_loss_that_trains(name):
-    model = tiny_convnet()
+    model = model_factory(name)()
     mixer = built(name, model)
     x, y = seeded_batch()
     before = x.clone()
@@ -76,7 +76,7 @@ def test_a_step_gives_logits_soft_targets_and_a_loss_that_trains(name):
 
 @pytest.mark.parametrize("name", MODEL_MIXERS)
 def test_bad_batches_are_clear_errors(name):
-    model = tiny_convnet()
+    model = model_factory(name)()
     mixer = built(name, model)
     x, y = seeded_batch()
     with pytest.raises(TypeError, match="floating point"):
@@ -93,7 +93,7 @@ def test_a_resumed_mixer_draws_and_mixes_as_an_uninterrupted_one(name):
     (its random options on: PuzzleMix's adversarial step and clean loss, AlignMix's branch coin, ...)."""
     options = STOCHASTIC.get(name, {})
     x, y = seeded_batch()
-    model_a, model_b = tiny_convnet(), tiny_convnet()
+    model_a, model_b = model_factory(name)(), model_factory(name)()
     model_b.load_state_dict(model_a.state_dict())
     straight, interrupted = built(name, model_a, **options), built(name, model_b, **options)
     steps_a = [mix_step(model_a, straight, x, y) for _ in range(4)]
@@ -109,7 +109,7 @@ def test_a_resumed_mixer_draws_and_mixes_as_an_uninterrupted_one(name):
 
 @pytest.mark.parametrize("name", [n for n in MODEL_MIXERS if openmix.available()[n] != "learned"])
 def test_a_batch_the_prob_coin_skips_is_a_plain_step(name):
-    model = tiny_convnet().eval()
+    model = model_factory(name)().eval()
     x, y = seeded_batch()
     step = mix_step(model, built(name, prob=0.0), x, y)
     assert torch.equal(step.mix.lam, torch.ones(8)) and torch.equal(step.mix.index, torch.arange(8))
@@ -120,7 +120,7 @@ def test_a_batch_the_prob_coin_skips_is_a_plain_step(name):
 def test_the_mixed_batch_is_its_own_dense_target(name):
     """The step's draw mixes other targets as it mixed the images (PuzzleMix's transported blocks,
     the learned masks); a hard class map only where every pixel has one owner."""
-    model = tiny_convnet()
+    model = model_factory(name)()
     x, y = seeded_batch()
     step = mix_step(model, built(name, model), x, y)
     torch.testing.assert_close(step.mix.dense(x), step.mix.x)
@@ -198,7 +198,7 @@ def test_every_mixer_trains_in_lightnings_half_precisions(name, precision):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             lams.append(pl_module.mixer.sample_params(batch[0])["lam"].dtype)
 
-    module = MixupClassifier(tiny_convnet(), num_classes=NUM_CLASSES, mixer=name, mix_seed=0)
+    module = MixupClassifier(model_factory(name)(), num_classes=NUM_CLASSES, mixer=name, mix_seed=0)
     trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordLam()])
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
@@ -269,7 +269,7 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
         record = {}
         for name in MODEL_MIXERS:
             torch.manual_seed(0)
-            ddp = nn.parallel.DistributedDataParallel(tiny_convnet())
+            ddp = nn.parallel.DistributedDataParallel(model_factory(name)())
             mixer = openmix.build(name, num_classes=NUM_CLASSES, seed=0, **STOCHASTIC.get(name, {}))
             groups = mixer.attach(ddp).param_groups() if isinstance(mixer, LearnedMixer) else []
             opt = torch.optim.SGD([{"params": ddp.parameters()}, *groups], lr=0.05)
