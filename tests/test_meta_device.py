@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import openmix
-from helpers import INPUT_MIXERS, MODES, rows
+from helpers import INPUT_MIXERS, MODES, model_factory, rows
 from openmix.model_mixer import LearnedMixer
-from openmix.models import create_model
 from openmix.training import mix_step
 
 MODEL_AWARE = sorted(set(openmix.available()) - set(INPUT_MIXERS))
@@ -64,13 +63,13 @@ def test_puzzlemix_mixing_reads_nothing_on_the_host(grid):
 
 @pytest.mark.parametrize("name", MODEL_AWARE)
 def test_model_aware_training_step_reads_nothing_on_the_host(name):
-    model = create_model("small_convnet", num_classes=NUM_CLASSES, in_chans=1)
+    model = model_factory(name, NUM_CLASSES)()  # the smallest model the mixer trains with, for 16x16 images
     mixer = openmix.build(name, num_classes=NUM_CLASSES)
     if isinstance(mixer, LearnedMixer):
         mixer.attach(model)
         mixer.to("meta")
     model.to("meta")
-    x, y = meta_batch(channels=1)
+    x, y = meta_batch(channels=1, size=16)
     for _ in range(2):  # AdAutoMix alternates adversarial and cooperative steps
         step = mix_step(model, mixer, x, y)
         step.loss.backward()
