@@ -10,7 +10,15 @@ import timm
 import torch
 import torch.nn as nn
 
-from openmix.models import PreActResNet, available_models, create_model, split_stages
+from openmix.models import (
+    PreActResNet,
+    available_models,
+    create_model,
+    prefix_tokens,
+    split_stages,
+    token_map,
+    tokens_from_map,
+)
 
 CIFAR_MODELS = (
     "cifar_preact_resnet18",
@@ -155,6 +163,114 @@ def test_split_stages_of_timm_families_equals_forward(timm_name):
     stages = split_stages(model)
     assert len(stages) >= 4
     torch.testing.assert_close(model.forward_head(run_stages(stages, x)), model(x))
+
+
+def small_transformer(kind: str) -> nn.Module:
+    """A small timm transformer of each family split_stages knows, for 16x16 3-channel images."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = dict(img_size=16, patch_size=4, num_classes=10, embed_dim=16, depth=6, num_heads=2)
+    swin = dict(img_size=16, patch_size=1, num_classes=10, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                window_size=2)
+    return {
+        "vit": lambda: VisionTransformer(**vit),
+        "vit_avg_registers_dynamic": lambda: VisionTransformer(**vit, global_pool="avg", reg_tokens=2,
+                                                               dynamic_img_size=True),
+        "deit_distilled": lambda: VisionTransformerDistilled(**vit),
+        "swin": lambda: SwinTransformer(**swin),
+        "swin_v2": lambda: SwinTransformerV2(**swin),
+    }[kind]().eval()
+
+
+TRANSFORMERS = ("vit", "vit_avg_registers_dynamic", "deit_distilled", "swin", "swin_v2")
+
+
+@pytest.mark.parametrize("kind", TRANSFORMERS)
+@torch.no_grad()
+def test_split_stages_of_timm_transformers_equals_forward(kind):
+    model, x = small_transformer(kind), images(size=16)
+    stages = split_stages(model)
+    assert len(stages) == 5
+    torch.testing.assert_close(run_stages(stages, x), model.forward_features(x))
+    torch.testing.assert_close(model.forward_head(run_stages(stages, x)), model(x))
+
+
+@torch.no_grad()
+def test_split_stages_of_a_dynamic_size_vit_takes_other_image_sizes():
+    model, x = small_transformer("vit_avg_registers_dynamic"), torch.rand(2, 3, 24, 16)  # a 6 x 4 patch grid
+    torch.testing.assert_close(model.forward_head(run_stages(split_stages(model), x)), model(x))
+
+
+@pytest.mark.parametrize("depth, sizes", [(12, [3, 3, 3, 3]), (6, [1, 1, 2, 2]), (2, [1, 1]), (1, [1])])
+def test_vit_blocks_are_grouped_into_four_stages_of_equal_depth(depth, sizes):
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=8, depth=depth, num_heads=1)
+    stages = split_stages(model)
+    blocks = [list(stage[0]) if stage is stages[-1] else list(stage) for stage in stages[1:]]
+    assert [len(group) for group in blocks] == sizes
+    assert [block for group in blocks for block in group] == list(model.blocks)  # in order, each once
+    assert stages[-1][-1] is model.norm  # the final norm ends the last stage
+
+
+def test_vit_stem_holds_the_embedding_and_shares_its_parameters():
+    model = small_transformer("deit_distilled")
+    stem = split_stages(model)[0]
+    assert stem.patch_embed is model.patch_embed and stem.norm_pre is model.norm_pre
+    owned = {id(p) for p in stem.parameters()}
+    assert {id(model.cls_token), id(model.dist_token), id(model.pos_embed)} <= owned
+    assert owned <= {id(p) for p in model.parameters()}
+    assert stem(images(size=16)).shape == (2, 2 + 16, 16)  # class and distillation tokens, then 4 x 4 patches
+
+
+def test_swin_stages_are_its_layers():
+    model = small_transformer("swin")
+    stages = split_stages(model)
+    assert stages[0] is model.patch_embed and stages[1:4] == list(model.layers)[:3]
+    assert list(stages[4]) == [model.layers[3], model.norm]
+
+
+def test_token_map_lays_vit_patches_on_their_grid_without_prefix_tokens():
+    model = small_transformer("vit_avg_registers_dynamic")  # 1 class + 2 register tokens
+    tokens = torch.randn(2, 3 + 6 * 4, 16)
+    fmap = token_map(tokens, model, image_size=(24, 16))
+    assert fmap.shape == (2, 16, 6, 4)
+    torch.testing.assert_close(fmap[:, :, 1, 2], tokens[:, 3 + 1 * 4 + 2])  # row-major patches after the prefix
+    torch.testing.assert_close(prefix_tokens(tokens, model), tokens[:, :3])
+    torch.testing.assert_close(tokens_from_map(fmap, model, prefix_tokens(tokens, model)), tokens)
+
+
+def test_token_map_of_a_fixed_size_vit_uses_its_patch_grid():
+    model = small_transformer("vit")
+    assert token_map(torch.randn(2, 1 + 16, 16), model).shape == (2, 16, 4, 4)
+
+
+def test_token_map_permutes_swin_nhwc_and_passes_cnn_maps_through():
+    swin, cnn = small_transformer("swin"), built("small_convnet")
+    nhwc = torch.randn(2, 3, 5, 8)
+    torch.testing.assert_close(token_map(nhwc, swin), nhwc.permute(0, 3, 1, 2))
+    torch.testing.assert_close(tokens_from_map(token_map(nhwc, swin), swin), nhwc)
+    nchw = torch.randn(2, 8, 3, 3)
+    assert token_map(nchw, cnn) is nchw and tokens_from_map(nchw, cnn) is nchw
+    assert prefix_tokens(nhwc, swin) is None and prefix_tokens(nchw, cnn) is None
+
+
+@pytest.mark.parametrize("kind, shape, match", [
+    ("vit", (2, 1 + 15, 16), "15 patch tokens do not fill the patch grid"),
+    ("vit", (2, 16, 4, 4), "tokens \\(B, N, C\\)"),
+    ("swin", (2, 16, 8), "4 dimensions"),
+])
+def test_token_map_of_a_wrong_shape_is_a_clear_error(kind, shape, match):
+    with pytest.raises(ValueError, match=match):
+        token_map(torch.randn(*shape), small_transformer(kind))
+
+
+def test_tokens_from_map_needs_the_prefix_tokens_of_a_vit():
+    with pytest.raises(ValueError, match="1 prefix tokens: pass prefix of shape \\(2, 1, 16\\)"):
+        tokens_from_map(torch.randn(2, 16, 4, 4), small_transformer("vit"))
 
 
 def test_split_stages_of_our_models_is_model_stages():

@@ -5,11 +5,14 @@
   ``small_convnet`` (a compact VGG-style net that trains Fashion-MNIST fast on a CPU), or any timm
   model. Every model has ``forward_features`` and ``forward_head`` with
   ``forward_head(forward_features(x)) == forward(x)``.
-* ``model.stages`` on the CIFAR models, and :func:`split_stages` on them and on timm's
-  ResNet-like families, give ``[stem, stage1, ..., stageN]``: the stages applied in order
-  are ``forward_features``. It is an ``nn.ModuleList`` on ``PreActResNet`` (PreAct-ResNet-18,
-  WRN-28-8, whose 3 stages end with the final BN-ReLU) and a plain list on ``CifarResNet``
-  (whose parameters keep timm's names ``conv1``, ``layer1``, ...).
+* ``model.stages`` on the CIFAR models, and :func:`split_stages` on them, on timm's
+  ResNet-like families and on timm's ViTs (DeiT included) and Swins, give
+  ``[stem, stage1, ..., stageN]``: the stages applied in order are ``forward_features``.
+  ``model.stages`` is an ``nn.ModuleList`` on ``PreActResNet`` (PreAct-ResNet-18, WRN-28-8,
+  whose 3 stages end with the final BN-ReLU) and a plain list on ``CifarResNet`` (whose
+  parameters keep timm's names ``conv1``, ``layer1``, ...).
+* :func:`token_map` turns a stage's output (a ViT's tokens, a Swin's NHWC map) into a
+  ``(B, C, h, w)`` map; :func:`tokens_from_map` turns it back (with a ViT's :func:`prefix_tokens`).
 
 Example:
     >>> import torch
@@ -34,12 +37,15 @@ from openmix.models.resnet import (
     resnet_stages,
 )
 from openmix.models.small import SmallConvNet, small_convnet
-from openmix.models.stages import split_stages
+from openmix.models.stages import prefix_tokens, split_stages, token_map, tokens_from_map
 
 __all__ = [
     "create_model",
     "available_models",
     "split_stages",
+    "token_map",
+    "tokens_from_map",
+    "prefix_tokens",
     "resnet_stages",
     "CifarResNet",
     "PreActResNet",
