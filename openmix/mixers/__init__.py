@@ -10,6 +10,7 @@ from openmix.mixers.automix import AutoMix
 from openmix.mixers.cutmix import CutMix
 from openmix.mixers.fmix import FMix
 from openmix.mixers.gridmix import GridMix
+from openmix.mixers.guidedmixup import GuidedMixup
 from openmix.mixers.manifoldmix import ManifoldMix
 from openmix.mixers.mixup import MixUp
 from openmix.mixers.puzzlemix import PuzzleMix
@@ -26,6 +27,7 @@ __all__ = [
     "CutMix",
     "FMix",
     "GridMix",
+    "GuidedMixup",
     "ManifoldMix",
     "MixUp",
     "PuzzleMix",
