@@ -24,6 +24,14 @@ One training step (:meth:`AlignMix.step`), as the official code does it (``docs/
    ``mixup_criterion`` of cross-entropies, i.e. soft-target CE).
 
 Gradients reach the model through both feature maps; the plan carries none.
+
+**Transformers** (openmix's extension; the official code is CNN-only). The positions are those
+of :func:`openmix.models.token_map`: a Swin's last NHWC map is aligned as a CNN's; a ViT's
+patch tokens are its positions on the patch grid, aligned the same way, while its prefix tokens
+(class, distillation, register tokens), which have no position, are mixed by plain mixup with
+the same ``lam``. A ViT that classifies from its class token alone (timm's ``global_pool='token'``,
+DeiT's default) is refused: its head never reads the patch tokens, so an aligned mix could not
+change its logits; build it with ``global_pool='avg'`` (or ``'map'``) to use AlignMix.
 """
 
 from __future__ import annotations
@@ -232,7 +240,9 @@ class AlignMix(ModelMixer):
     :class:`~openmix.lightning.MixupClassifier`. The model needs ``forward_features``
     returning the last feature map ``(B, C, H, W)`` and ``forward_head`` (openmix's models and
     timm's CNNs have both; the map is the output of the last of
-    :func:`~openmix.models.split_stages`).
+    :func:`~openmix.models.split_stages`), or is a timm ViT or Swin, whose tokens
+    :func:`~openmix.models.token_map` lays on their grid (a ViT: not pooled by its class token
+    alone; see the module notes).
 
     ``MixOutput.x`` of a step is the mixed input on an input-mixup step, else the unmixed
     input (the aligned mix was of feature maps); ``lam``, ``index`` and the soft targets
@@ -282,30 +292,53 @@ class AlignMix(ModelMixer):
 
     # ------------------------------------------------------------------ the step
     def check_model(self, model: nn.Module) -> nn.Module:
-        """``model`` unwrapped, if it has ``forward_features`` (returning ``(B, C, H, W)``) and ``forward_head``."""
-        return self.feature_model(model)
+        """``model`` unwrapped, if it has ``forward_features`` (a feature map, or a ViT's or Swin's tokens) and
+        ``forward_head``; a ViT whose head reads only its class token is refused (see the module notes)."""
+        from timm.models.vision_transformer import VisionTransformer  # timm only when a step needs it
+
+        model = self.feature_model(model)
+        if isinstance(model, VisionTransformer) and model.global_pool == "token" and model.attn_pool is None:
+            raise TypeError(
+                f"AlignMix aligns the positions of the last feature map, but this {type(model).__name__} classifies "
+                "from its class token alone (global_pool='token'), so an aligned mix of its patch tokens never "
+                "reaches the logits; build it with global_pool='avg' (timm.create_model(..., global_pool='avg'))"
+            )
+        return model
 
     def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
         """Input mixup, or aligned mixup of the last feature maps (this step's coin)."""
         index, lam = params["index"], params["lam"]
         weight = params.get("batch_lam", lam)
         if params["align"]:
-            features = model.forward_features(x)
-            if not isinstance(features, Tensor) or features.ndim != 4:
-                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-                raise ValueError(
-                    f"AlignMix aligns the positions of a (B, C, H, W) feature map; "
-                    f"{type(model).__name__}.forward_features returned {shape}"
-                )
+            from openmix.models.stages import tokens_from_map
+
+            features, prefix = self._positions(model, model.forward_features(x), x)
             plan = sinkhorn(feature_cost(features.flatten(2), gather_partner(features.detach().flatten(2), index)),
                             self.eps, self.max_iter, self.tol, check_every=self.check_every)
-            logits = model.forward_head(align_mix(features, index, weight, plan, params["direction"]))
+            aligned = align_mix(features, index, weight, plan, params["direction"])
+            if prefix is not None:  # a ViT's class (and other prefix) tokens: no position, plain mixup
+                prefix = mix_hidden(prefix, index, weight)
+            logits = model.forward_head(tokens_from_map(aligned, model, prefix))
             mixed = x
         else:
             mixed = mix_hidden(x, index, weight)
             logits = model(mixed)
         target = mix_targets(soft, index, weight)
         return StepResult(criterion(logits, target), logits, MixOutput(x=mixed, y=target, lam=lam, index=index))
+
+    def _positions(self, model: nn.Module, features: Any, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``forward_features``' output as a ``(B, C, H, W)`` map of positions (:func:`~openmix.models.token_map`),
+        and a ViT's prefix tokens ``(B, P, C)`` (``None`` for other models)."""
+        from openmix.models.stages import prefix_tokens, token_map  # they import timm: only when a step aligns
+
+        prefix = prefix_tokens(features, model) if isinstance(features, Tensor) else None
+        if prefix is None and (not isinstance(features, Tensor) or features.ndim != 4):
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"AlignMix aligns the positions of a (B, C, H, W) feature map; "
+                f"{type(model).__name__}.forward_features returned {shape}"
+            )
+        return token_map(features, model, tuple(x.shape[-2:])), prefix
 
     def draw_params(self, x: Tensor, draws: Draws) -> Params:
         """Adds ``align`` (the aligned branch, else input mixup) and ``direction`` (0 or 1), host draws."""

@@ -14,7 +14,10 @@ against its code):
    ``(lam_o, index_o)`` for the online batch, ``lam ~ Beta(alpha, alpha)``.
 3. **Masks.** The teacher's stage-3 features of the clean batch (``split_stages(model)[3]``:
    layer3 of a ResNet, 8x8 on CIFAR) go into the :class:`~openmix.layers.MixBlock`,
-   which gives per-pixel masks for each pair, upsampled to the image.
+   which gives per-pixel masks for each pair, upsampled to the image. On a transformer the
+   features are a ``(B, C, h, w)`` map of the stage's output (:func:`openmix.models.token_map`):
+   a ViT's patch tokens on the patch grid (its class token is not read), a Swin's NHWC map;
+   OpenMixup's DeiT-S recipe reads the tokens after block 6 of 12, ``feature_stage=2`` here.
 4. **Mix Block loss:** mixup cross-entropy of the *teacher* on the Mix Block's mixed batch
    (gradients reach only the Mix Block, through the image), plus the mask loss
    ``0.1 * max(|mean(own mask) - lam_b| - 0.1, 0)`` over the whole batch.
@@ -136,7 +139,7 @@ class AutoMix(LearnedMixer):
         alpha: ``lam ~ Beta(alpha, alpha)`` (published: 2.0).
         num_classes: needed for class-id labels.
         feature_stage: the Mix Block reads the output of ``split_stages(model)[feature_stage]``
-            (3: layer3 of a ResNet).
+            (3: layer3 of a ResNet, a ViT's tokens after 3/4 of its blocks, a Swin's third stage).
         in_channels: the channels the Mix Block expects; ``None``: read from the model by
             :meth:`attach`. Given, a model whose stage has other channels is refused at attach.
         mixed_samples, attention, qk, reduction, value_hidden, value_dropout, lam_scaling, lam_channel, upsample:
@@ -256,8 +259,10 @@ class AutoMix(LearnedMixer):
         Call it once, before the optimizer is made (its :meth:`param_groups` must be in it). A
         wrapped model (DDP, ``torch.compile``) is unwrapped. The channels of stage
         ``feature_stage`` are read by running the model (eval mode, no gradients) on one zero
-        input of ``input_size`` (default ``(in_chans, 64, 64)``, the channels from the model's
-        first convolution). The Mix Block takes the model's device and dtype.
+        input of ``input_size`` (default: the channels of the model's first convolution, at the
+        image size a ViT or Swin was built for, ``patch_embed.img_size``, else 64x64), from the
+        stage's ``(B, C, h, w)`` map (:func:`~openmix.models.token_map`). The Mix Block takes the
+        model's device and dtype.
 
         Raises:
             TypeError: ``model`` cannot be run stage by stage, or has no stage ``feature_stage``.
@@ -394,13 +399,17 @@ class AutoMix(LearnedMixer):
         return torch.cat([torch.arange(batch, device=x.device).unsqueeze(0), partners])
 
     def _teacher_features(self, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The teacher's stage features of the clean batch, and its logits when :meth:`_needs_teacher_logits`."""
+        """The teacher's stage features of the clean batch as a ``(B, C, h, w)`` map
+        (:func:`~openmix.models.token_map`: a ViT's patch tokens on their grid, a Swin's NHWC map permuted),
+        and its logits when :meth:`_needs_teacher_logits`."""
+        from openmix.models.stages import token_map
+
         h = x
         for stage in stages[: self.feature_stage + 1]:
             h = stage(h)
+        features = token_map(h, self.teacher, tuple(x.shape[-2:]))
         if not self._needs_teacher_logits():
-            return h, None
-        features = h
+            return features, None
         for stage in stages[self.feature_stage + 1 :]:
             h = stage(h)
         return features, self.teacher.forward_head(h)
@@ -490,12 +499,11 @@ class AutoMix(LearnedMixer):
 
 
 def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple[int, ...] | None) -> int:
-    """Channels of the last of ``stages`` on one zero input (model in eval mode, no gradients)."""
-    if input_size is None:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is None:
-            raise TypeError(f"cannot tell the input channels of {type(model).__name__}: pass input_size=(C, H, W)")
-        input_size = (first.in_channels * first.groups, 64, 64)
+    """Channels of the feature map (:func:`~openmix.models.token_map`) of the last of ``stages`` on one zero
+    input (model in eval mode, no gradients): of ``input_size``, else of :func:`_probe_size`."""
+    from openmix.models.stages import token_map
+
+    input_size = _probe_size(model) if input_size is None else tuple(input_size)
     was_training = model.training
     model.eval()
     try:
@@ -506,7 +514,17 @@ def _stage_channels(model: nn.Module, stages: list[nn.Module], input_size: tuple
                 h = stage(h)
     finally:
         model.train(was_training)
-    return int(h.shape[1])
+    return int(token_map(h, model, input_size[1:]).shape[1])
+
+
+def _probe_size(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one input ``model`` takes: the image size its patch embedding was built for (timm's ViTs
+    and Swins fix it: ``patch_embed.img_size``), else 64x64; the channels from the first convolution."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise TypeError(f"cannot tell the input channels of {type(model).__name__}: pass input_size=(C, H, W)")
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or (64, 64)
+    return (first.in_channels * first.groups, *size)
 
 
 def _fp16_autocast(device: torch.device) -> bool:

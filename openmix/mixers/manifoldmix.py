@@ -16,6 +16,12 @@ stem is folded into layer 1. The default ``(0, 1, 2)`` is the official set {inpu
 conv1 + layer1, layer2} of the PreAct-ResNet: on openmix's CIFAR ResNets layer 1 is after
 ``conv1/bn1/act1`` and ``layer1``, layer 2 after ``layer2``; the largest layer is ``N`` (the
 last feature map, before pooling). ``layers`` is checked against the model at every step.
+
+**Transformers.** On a timm ViT (DeiT) or Swin the hidden state is mixed as the model holds it:
+a ViT's tokens ``(B, P + N, C)``, its class token included (mixed as every token is, which is
+what hidden-state mixup of a transformer means), a Swin's NHWC map. ``split_stages`` gives a ViT
+a stem and 4 stages of equal depth (fewer with fewer blocks), so the default ``(0, 1, 2)`` is
+the input and the tokens after 1/4 and 1/2 of the blocks.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class ManifoldMix(ModelMixer):
     Use it through :func:`openmix.training.mix_step` (which calls :meth:`step`) or
     :class:`~openmix.lightning.MixupClassifier`. The model must have ``forward_features`` /
     ``forward_head`` and a layout :func:`openmix.models.split_stages` knows (openmix's CIFAR
-    models and ``small_convnet``, timm's ResNet/ConvNeXt/RegNet/... families).
+    models and ``small_convnet``, timm's ResNet/ConvNeXt/RegNet/... families, ViTs and Swins).
 
     ``MixOutput.x`` of a step is the mixed input when the step mixed at layer 0, else the
     unmixed input (the mixed tensor was a hidden state); ``lam``, ``index`` and the soft
