@@ -135,6 +135,11 @@ class Mixer(nn.Module):
     pure_mix: ClassVar[bool] = True
     """Whether :meth:`mix` is a pure function of the draw (so it mixes any other tensor of the batch's
     shape the same way); PuzzleMix's is not (it solves its masks from the saliency inside)."""
+    normalized_targets: ClassVar[bool] = True
+    """Whether every row of ``out.y`` sums to 1 (for targets whose rows do): the images' weights in the
+    targets are shares that add up to 1. ``False`` (SnapMix): each image's weight is a measure of its own
+    (the class activation mass it shows), in ``[0, 1]``, so a row is non-negative and sums to at most the
+    number of images mixed; ``out.sources`` then holds the weights."""
 
     def __init__(
         self,

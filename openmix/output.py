@@ -58,15 +58,19 @@ class MixOutput:
     Attributes:
         x: mixed inputs, same shape, dtype, device and memory format as the input,
             ``(B, C, *spatial)``.
-        y: soft targets, ``(B, num_classes)``; every row sums to 1.
+        y: soft targets, ``(B, num_classes)``; every row sums to 1 unless the mixer says otherwise
+            (``Mixer.normalized_targets`` is ``False``: SnapMix weighs each image by its class activation
+            mass, so a row is non-negative and sums to at most the number of images mixed, and
+            ``sources`` holds those weights).
         lam: weight of the original sample, float32 ``(B,)``.
         index: partner of each sample, int64 ``(B,)``.
         mask: per-position weight of the original, ``(B, 1, *spatial)``, for mixers that
             have one (cut and mask mixers), else ``None`` (also for a batch the ``prob`` coin left
             unmixed).
-        sources: for mixers of more than two samples (AdAutoMix), ``(indices, weights)``, each
-            ``(B, K)``: every sample mixed into ``x_mixed[i]`` (itself first) and its weight in
-            the targets; ``index`` is then the first partner. ``None`` for two samples.
+        sources: for mixers of more than two samples (AdAutoMix), or whose target weights are not
+            ``lam`` and ``1 - lam`` (SnapMix), ``(indices, weights)``, each ``(B, K)``: every sample mixed
+            into ``x_mixed[i]`` (itself first) and its weight in the targets; ``index`` is then the first
+            partner. ``None`` for two samples weighted ``lam`` and ``1 - lam``.
         source_masks: with ``sources``, each source's per-position weight ``(B, K, *spatial)``.
         layout: where each image's content went (:class:`Layout`).
         binary: whether ``mask`` holds only 0 and 1 (cut mixers), so that every pixel has one owner.
@@ -140,8 +144,8 @@ class MixOutput:
 
     def sparse(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Class ids ``(B,)`` as ``(labels (B, K), weights (B, K))`` of the ``K`` mixed samples (``K = 2``:
-        the sample and its partner, ``lam`` and ``1 - lam``), for very many classes: no ``(B, C)``
-        targets; :func:`openmix.losses.sparse_cross_entropy` takes them."""
+        the sample and its partner, ``lam`` and ``1 - lam``; with ``sources``, their weights), for very many
+        classes: no ``(B, C)`` targets; :func:`openmix.losses.sparse_cross_entropy` takes them."""
         from openmix.targets import sparse_labels
 
         return sparse_labels(self, labels)

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openmix.output import IDENTITY_LAYOUT
-
 if TYPE_CHECKING:
     from openmix.output import MixOutput
 
@@ -146,12 +144,14 @@ def target_rows(out: "MixOutput") -> int:
 
 def sources_of(out: "MixOutput") -> list[Source]:
     """The images mixed into each sample of ``out``: the sample and its partner, or AdAutoMix's ``K``.
-    Each ``index`` counts rows of the targets (:func:`target_rows`)."""
+    Each ``index`` counts rows of the targets (:func:`target_rows`). With ``out.sources`` the first is laid
+    out as the sample's image, the others as the partner's (SnapMix's resized one; AdAutoMix's as they were)."""
     if out.sources is not None:
         indices, weights = out.sources
-        masks = out.source_masks
+        masks, layout = out.source_masks, out.layout
         return [Source(indices[:, k], weights[:, k], None if masks is None else masks[:, k : k + 1],
-                       IDENTITY_LAYOUT.own, IDENTITY_LAYOUT.move_own) for k in range(indices.shape[1])]
+                       layout.partner if k else layout.own, layout.move_partner if k else layout.move_own)
+                for k in range(indices.shape[1])]
     rows = out.lam.shape[0]
     own_rows = torch.arange(out.offset, out.offset + rows, device=out.index.device)
     own = Source(own_rows, out.lam, out.mask, out.layout.own, out.layout.move_own)
@@ -207,7 +207,7 @@ def mix_class_map(out: "MixOutput", target: Tensor, ignore_index: int | None = N
         raise TypeError(f"a class map must hold integer class ids (B, *spatial), got {target.dtype}; mix soft maps "
                         "with out.dense()")
     _check_spatial(out, target.unsqueeze(1), "class map")
-    if not out.binary or out.sources is not None:
+    if not out.binary or (out.sources is not None and out.sources[0].shape[1] != 2):
         raise ValueError(
             f"{out.mixer or 'this mixer'} blends pixels (its mask is not binary), so a pixel has no single owner and a "
             "hard class map cannot follow it; mix one-hot maps with out.dense(), or use a cut mixer"
@@ -223,7 +223,8 @@ def mix_class_map(out: "MixOutput", target: Tensor, ignore_index: int | None = N
 
 
 def mix_vector(out: "MixOutput", target: Tensor) -> Tensor:
-    """A per-sample target ``(B, D)`` (regression values, multi-hot labels) mixed by the shares.
+    """A per-sample target ``(B, D)`` (regression values, multi-hot labels) mixed by the shares (with
+    ``out.sources``, by their weights, as the labels are: SnapMix's need not sum to 1).
 
     Example:
         >>> import openmix
@@ -246,7 +247,8 @@ def mix_vector(out: "MixOutput", target: Tensor) -> Tensor:
 
 def sparse_labels(out: "MixOutput", labels: Tensor) -> tuple[Tensor, Tensor]:
     """``(labels (B, K), weights (B, K))``: the class ids of the ``K`` images mixed into each sample and
-    their shares (weights sum to 1 per row).
+    their weights in the targets (they sum to 1 per row unless the mixer's ``normalized_targets`` is
+    ``False``: SnapMix's are each image's class activation mass).
 
     Example:
         >>> import openmix

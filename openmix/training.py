@@ -65,7 +65,8 @@ def mix_step(
 def mixed_accuracy(logits: Tensor, y: Tensor, mix: MixOutput | None) -> Tensor:
     """Top-1 accuracy on a mixed batch, each sample's hit weighted by ``lam`` and ``1 - lam``.
 
-    ``y`` holds the original class ids ``(B,)``; soft targets are scored by their argmax.
+    ``y`` holds the original class ids ``(B,)``; soft targets are scored by their argmax. With
+    ``mix.sources`` the hits are weighted by their weights over the weights' sum (SnapMix's need not sum to 1).
 
     Example:
         >>> mixed_accuracy(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), None)
@@ -76,9 +77,10 @@ def mixed_accuracy(logits: Tensor, y: Tensor, mix: MixOutput | None) -> Tensor:
     hit = (pred == labels).float()
     if mix is None:
         return hit.mean()
-    if mix.sources is not None:  # more than two samples per mixed sample
+    if mix.sources is not None:  # weights of their own: more than two samples (AdAutoMix), or SnapMix's
         indices, weights = mix.sources
-        return ((pred[:, None] == labels[indices]).float() * weights).sum(1).mean()
+        hits = ((pred[:, None] == labels[indices]).float() * weights).sum(1)
+        return (hits / weights.sum(1).clamp_min(torch.finfo(weights.dtype).tiny)).mean()
     hit_partner = (pred == labels[mix.index]).float()
     return (mix.lam * hit + (1.0 - mix.lam) * hit_partner).mean()
 

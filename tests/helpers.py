@@ -21,6 +21,16 @@ def images(batch: int = 6, channels: int = 3, size: int = 16, dtype: torch.dtype
     return x.to(dtype)
 
 
+def assert_target_rows(mixer: openmix.Mixer, out: openmix.MixOutput) -> None:
+    """``out.y``'s rows as ``mixer`` promises them: summing to 1 (``normalized_targets``), else (SnapMix's
+    weights of their own) non-negative and summing to at most the number of images mixed."""
+    if mixer.normalized_targets:
+        torch.testing.assert_close(out.y.sum(1), torch.ones(out.y.shape[0]))
+        return
+    mixed = 2 if out.sources is None else out.sources[0].shape[1]
+    assert bool((out.y >= 0).all()) and bool((out.y.sum(1) <= mixed + 1e-6).all())
+
+
 def assert_steps_train_every_parameter(model: torch.nn.Module, mixer: openmix.Mixer, x: torch.Tensor,
                                        y: torch.Tensor, steps: int = 3) -> None:
     """A few ``mix_step`` SGD steps: the loss stays finite, every parameter gets a gradient and changes."""

@@ -21,7 +21,7 @@ from openmix.model_mixer import LearnedMixer, ModelMixer
 from openmix.output import StepResult
 from openmix.registry import register
 from openmix.training import mix_step
-from helpers import model_factory, seeded_batch, tiny_convnet
+from helpers import assert_target_rows, model_factory, seeded_batch, tiny_convnet
 
 NUM_CLASSES = 10
 MODEL_MIXERS = sorted(name for name, kind in openmix.available().items() if kind != "input")
@@ -64,7 +64,11 @@ def test_a_step_gives_logits_soft_targets_and_a_loss_that_trains(name):
     step = mix_step(model, mixer, x, y)
     assert isinstance(step, StepResult) and step.logits.shape == (8, NUM_CLASSES)
     assert step.loss.ndim == 0 and torch.isfinite(step.loss)
-    torch.testing.assert_close(step.mix.y.sum(1), torch.ones(8))
+    assert_target_rows(mixer, step.mix)
+    if not mixer.normalized_targets:  # the weights of its own are the sparse form's: targets and ids agree
+        ids, weights = step.mix.sparse(y)
+        onehots = torch.nn.functional.one_hot(ids, NUM_CLASSES).float()
+        torch.testing.assert_close((weights.unsqueeze(2) * onehots).sum(1), step.mix.y)
     assert step.mix.lam.dtype == torch.float32 and step.mix.lam.shape == (8,)
     assert bool(((step.mix.lam >= 0) & (step.mix.lam <= 1)).all())
     assert step.mix.index.dtype == torch.int64 and step.mix.index.shape == (8,)
