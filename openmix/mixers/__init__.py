@@ -19,6 +19,7 @@ from openmix.mixers.resizemix import ResizeMix
 from openmix.mixers.saliencymix import SaliencyMix
 from openmix.mixers.samix import SAMix
 from openmix.mixers.smoothmix import SmoothMix
+from openmix.mixers.snapmix import SnapMix
 
 __all__ = [
     "AdAutoMix",
@@ -36,4 +37,5 @@ __all__ = [
     "SAMix",
     "SaliencyMix",
     "SmoothMix",
+    "SnapMix",
 ]
