@@ -6,6 +6,7 @@ them explicitly, so ``openmix.mixers.CutMix`` and the registry name ``"cutmix"``
 
 from openmix.mixers.adautomix import AdAutoMix
 from openmix.mixers.alignmix import AlignMix
+from openmix.mixers.attentivemix import AttentiveMix
 from openmix.mixers.automix import AutoMix
 from openmix.mixers.cutmix import CutMix
 from openmix.mixers.fmix import FMix
@@ -24,6 +25,7 @@ from openmix.mixers.snapmix import SnapMix
 __all__ = [
     "AdAutoMix",
     "AlignMix",
+    "AttentiveMix",
     "AutoMix",
     "CutMix",
     "FMix",
