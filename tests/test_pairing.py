@@ -155,6 +155,7 @@ def test_random_choice_children_pair_by_label_too():
 # ------------------------------------------------------------------ modes per mixer
 MODEL_MODES = {"manifoldmix": ("batch", "elem", "pair"), "alignmix": ("batch", "elem", "pair"),
                "puzzlemix": ("batch", "elem"), "automix": ("batch",), "samix": ("batch",), "adautomix": ("batch",),
+               "guidedmixup": ("batch", "elem"), "sumix": ("batch", "elem", "pair"),
                "snapmix": ("batch", "elem"), "attentivemix": ("batch", "elem")}
 
 

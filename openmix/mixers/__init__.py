@@ -20,6 +20,7 @@ from openmix.mixers.resizemix import ResizeMix
 from openmix.mixers.saliencymix import SaliencyMix
 from openmix.mixers.samix import SAMix
 from openmix.mixers.smoothmix import SmoothMix
+from openmix.mixers.sumix import SUMix
 from openmix.mixers.snapmix import SnapMix
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "RandomChoice",
     "ResizeMix",
     "SAMix",
+    "SUMix",
     "SaliencyMix",
     "SmoothMix",
     "SnapMix",
