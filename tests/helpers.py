@@ -95,6 +95,12 @@ def tiny_vit(num_classes: int = 10) -> torch.nn.Module:
                              num_heads=2)
 
 
+# tests/test_cli.py's run() with a timm ViT of 2 blocks, width 32 and 4-pixel patches on its 16-pixel images
+TINY_VIT_CLI = ("model.name=vit_tiny_patch16_224", "~model.kwargs.channels", "~model.kwargs.stem_width",
+                "+model.kwargs.img_size=16", "+model.kwargs.patch_size=4", "+model.kwargs.embed_dim=32",
+                "+model.kwargs.depth=2", "+model.kwargs.num_heads=2")
+
+
 @functools.lru_cache(maxsize=None)
 def model_factory(name: str, num_classes: int = 10):
     """The smallest model the registered mixer ``name`` trains with: :func:`tiny_convnet`, or :func:`tiny_vit`

@@ -22,6 +22,7 @@ from openmix.mixers.samix import SAMix
 from openmix.mixers.smoothmix import SmoothMix
 from openmix.mixers.sumix import SUMix
 from openmix.mixers.snapmix import SnapMix
+from openmix.mixers.tokenmix import TokenMix
 
 __all__ = [
     "AdAutoMix",
@@ -42,4 +43,5 @@ __all__ = [
     "SaliencyMix",
     "SmoothMix",
     "SnapMix",
+    "TokenMix",
 ]
