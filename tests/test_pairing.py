@@ -156,7 +156,8 @@ def test_random_choice_children_pair_by_label_too():
 MODEL_MODES = {"manifoldmix": ("batch", "elem", "pair"), "alignmix": ("batch", "elem", "pair"),
                "puzzlemix": ("batch", "elem"), "automix": ("batch",), "samix": ("batch",), "adautomix": ("batch",),
                "guidedmixup": ("batch", "elem"), "sumix": ("batch", "elem", "pair"),
-               "snapmix": ("batch", "elem"), "attentivemix": ("batch", "elem")}
+               "snapmix": ("batch", "elem"), "attentivemix": ("batch", "elem"),
+               "transmix": ("batch", "elem", "pair")}
 
 
 def test_every_model_aware_mixer_is_listed():

@@ -23,6 +23,7 @@ from openmix.mixers.smoothmix import SmoothMix
 from openmix.mixers.sumix import SUMix
 from openmix.mixers.snapmix import SnapMix
 from openmix.mixers.tokenmix import TokenMix
+from openmix.mixers.transmix import TransMix
 
 __all__ = [
     "AdAutoMix",
@@ -44,4 +45,5 @@ __all__ = [
     "SmoothMix",
     "SnapMix",
     "TokenMix",
+    "TransMix",
 ]
