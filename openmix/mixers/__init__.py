@@ -19,6 +19,7 @@ from openmix.mixers.random_choice import RandomChoice
 from openmix.mixers.resizemix import ResizeMix
 from openmix.mixers.saliencymix import SaliencyMix
 from openmix.mixers.samix import SAMix
+from openmix.mixers.smmix import SMMix
 from openmix.mixers.smoothmix import SmoothMix
 from openmix.mixers.sumix import SUMix
 from openmix.mixers.snapmix import SnapMix
@@ -40,6 +41,7 @@ __all__ = [
     "RandomChoice",
     "ResizeMix",
     "SAMix",
+    "SMMix",
     "SUMix",
     "SaliencyMix",
     "SmoothMix",
