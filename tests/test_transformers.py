@@ -14,9 +14,11 @@ from torch import nn
 
 import openmix
 from openmix.cli.train import CONFIG_DIR, train
+from openmix.data import build_datamodule
 from openmix.mixer import mix_hidden
 from openmix.models import split_stages, token_map
 from openmix.training import mix_step
+from data_files import write_cifar100
 from helpers import assert_steps_train_every_parameter, seeded_batch, tiny_vit
 
 NUM_CLASSES = 10
@@ -180,3 +182,28 @@ def test_openmix_train_runs_manifoldmix_on_a_small_vit(tmp_path):
     row = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (row["model"], row["mixer"], row["epochs"]) == ("vit_tiny_patch16_224", "manifoldmix", 1)
     assert row["top1_final"] is not None
+
+
+# ------------------------------------------------------------------ CIFAR at a ViT's image size
+@pytest.mark.parametrize("on_device", [True, False], ids=["device", "dataloader"])
+def test_cifar_image_size_resizes_every_batch_after_the_crop(tmp_path, on_device):
+    files = write_cifar100(tmp_path, n_train=6, n_test=4)
+    dm = build_datamodule("cifar100", root=tmp_path, batch_size=3, image_size=48, on_device=on_device, num_workers=0,
+                          crop_padding=0)  # no crop: only the flip and the resize
+    dm.setup("fit")
+    assert dm.image_size == 48  # what models and mixers are told (DataInfo.of)
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape == (3, 3, 48, 48)
+    val_x, val_y = next(iter(dm.val_dataloader()))
+    mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
+    small = (files["test_x"][:3].float() / 255 - mean) / std
+    expected = nn.functional.interpolate(small, size=(48, 48), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(val_x, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(val_y, files["test_y"][:3])
+
+
+def test_cifar_without_image_size_keeps_its_32_pixels(tmp_path):
+    write_cifar100(tmp_path, n_train=6, n_test=4)
+    dm = build_datamodule("cifar100", root=tmp_path, batch_size=3)
+    dm.setup("fit")
+    assert dm.image_size == 32 and next(iter(dm.train_dataloader()))[0].shape == (3, 3, 32, 32)
