@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import openmix
-from helpers import INPUT_MIXERS, MODES, images
+from helpers import INPUT_MIXERS, MODES, images, model_factory
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NUM_CLASSES = 5
@@ -76,16 +76,15 @@ def test_training_step_on_cuda_device_data(no_sync):
 
 @pytest.mark.parametrize("name", sorted(set(openmix.available()) - set(INPUT_MIXERS)))
 def test_model_aware_mixer_step_never_syncs(name):
-    """PuzzleMix, AlignMix, Manifold Mixup and the learned mixers: a whole training step on the device."""
+    """PuzzleMix, AlignMix, Manifold Mixup, the learned and the transformer mixers: a whole training step on the device."""
     from openmix.model_mixer import LearnedMixer
-    from openmix.models import create_model
     from openmix.training import mix_step
 
-    model = create_model("small_convnet", num_classes=10, in_chans=1).cuda()
+    model = model_factory(name)().cuda()  # the smallest model the mixer trains with (a ViT for TransMix), 16x16
     mixer = openmix.build(name, num_classes=10, seed=0)
     groups = mixer.attach(model).param_groups() if isinstance(mixer, LearnedMixer) else []
     opt = torch.optim.SGD([{"params": model.parameters()}, *groups], lr=0.1)
-    x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    x, y = torch.rand(16, 1, 16, 16, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
     for _ in range(2):  # warm-up: cuDNN autotuning and first-call state may sync
         mix_step(model, mixer, x, y).loss.backward()
     torch.cuda.set_sync_debug_mode("error")
