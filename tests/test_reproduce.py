@@ -59,8 +59,8 @@ METHOD_RECIPES = {
     "resizemix": {"scope": [0.1, 0.8]},
 }
 # Mixers whose config has no alpha: vanilla mixes nothing, SmoothMix draws no lambda (its
-# published alpha is unused by the method).
-ALPHA_FREE = {"vanilla", "smoothmix"}
+# published alpha is unused by the method), RandomChoice's children have their own.
+ALPHA_FREE = {"vanilla", "smoothmix", "random_choice"}
 
 CIFAR_R18 = {  # published.md, "OpenMixup ..., CIFAR-100, top-1 (%)", ResNet-18 table
     "experiment": "cifar100_r18", "data": "cifar100", "model": "cifar_resnet18",
@@ -83,8 +83,58 @@ TINY_R18 = {  # published.md, "OpenMixup, Tiny-ImageNet (64x64), 400 epochs"; lr
     "published_md_alpha": {"mixup": 1, "cutmix": 1, "manifoldmix": 0.2, "smoothmix": 0.2, "saliencymix": 1,
                            "fmix": 1, "puzzlemix": 1, "gridmix": 0.2},
 }
+# OpenMixup's CIFAR-100 ViT configs (configs/classification/cifar100/mixups/vits/: deit_s_mixups_sz224_bs100_randaug.py,
+# swin_t_mixups_sz224_bs100.py, deit_small/*, swin_tiny/*; not in published.md): CIFAR-100 resized to 224 px, batch 100
+# on one GPU, AdamW wd 0.05, per-step cosine to 1e-6 after 20 warmup epochs, gradient norm clipped at 5, label
+# smoothing 0.1. DeiT-S: lr 1e-3, fp32, no drop path (its input-mixer configs' `drop_path` key is swallowed);
+# Swin-T: lr 5e-4, fp16, drop path 0.2. "DeiT" is timm's mixup 0.8 / CutMix 1 switch, random_choice's default.
+# Their AutoMix/SAMix configs: the model's lr to 1e-4, the Mix Block's own lr to 1e-4, EMA held at 0.999 for a
+# quarter of the run then to 0.99996, mask loss annealed, nearest upsampling, AutoMix's lambda channel, SAMix's
+# lambda scaling (-1) and value dropout 0.1; DeiT-S's Mix Block on the tokens after block 6 (feature_stage 2).
+VIT_DATA = {"num_classes": 100, "image_size": 224, "padding": 4, "mean": CIFAR_DATA["mean"], "std": CIFAR_DATA["std"]}
+VIT_LEARNED = {"end_momentum": 0.99996, "momentum_hold": 0.25, "mask_loss_anneal": True, "min_lr": 1e-4,
+               "upsample": "nearest"}
+VIT_MIXERS = {
+    "resizemix": {"use_alpha": True},
+    "puzzlemix": {"t_size": -1, "block_nums": [2, 4, 8]},
+    "random_choice": {"mixers": None, "p": None},
+}
+VIT_SCHEDULE = {"name": "cosine", "warmup_epochs": 20, "min_lr": 1e-6, "interval": "step"}
+VIT_RUN = {"label_smoothing": 0.1, "gradient_clip_val": 5.0}
+DEIT_S = {
+    "experiment": "cifar100_deit_s", "data": "cifar100", "model": "deit_small_patch16_224",
+    "epochs": [200, 600], "batch_size": 100, "devices": 1, "precision": "32-true",
+    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}, "scheduler": VIT_SCHEDULE,
+    "learned_min_lr": {"automix": 1e-4, "samix": 1e-4},
+    "mixers": {**VIT_MIXERS,
+               "automix": {**VIT_LEARNED, "feature_stage": 2, "lam_channel": True, "lr": 1e-3},
+               "samix": {**VIT_LEARNED, "feature_stage": 2, "lam_scaling": -1, "value_dropout": 0.1, "lr": 7.5e-4}},
+    "run": {**VIT_RUN, "drop_path_rate": 0.0},
+    "per_mixer": {  # deit_s_automix_l6_a2_near_sz224_bs100_ep200.py, deit_s_samix_l6_a2_near_sz224_bs100_ep200.py
+        "automix": {"optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05},
+                    "scheduler": {**VIT_SCHEDULE, "warmup_epochs": 5},
+                    "run": {**VIT_RUN, "gradient_clip_val": 10.0, "drop_path_rate": 0.1}},
+        "samix": {"optimizer": {"name": "adamw", "lr": 7.5e-4, "weight_decay": 0.05},
+                  "run": {**VIT_RUN, "gradient_clip_val": 20.0, "drop_path_rate": 0.1}},
+    },
+    "data_recipe": VIT_DATA, "metrics": ["top1_best"], "published_md_alpha": {},
+}
+SWIN_T = {
+    **DEIT_S, "experiment": "cifar100_swin_t", "model": "swin_tiny_patch4_window7_224", "precision": "16-mixed",
+    "optimizer": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05},
+    "mixers": {**VIT_MIXERS,
+               "automix": {**VIT_LEARNED, "feature_stage": 3, "lam_channel": True, "lr": 1e-3},
+               "samix": {**VIT_LEARNED, "feature_stage": 3, "lam_scaling": -1, "value_dropout": 0.1, "lr": 5e-4}},
+    "run": {**VIT_RUN, "drop_path_rate": 0.2},
+    "per_mixer": {  # swin_t_automix_l3_a2_near_sz224_bs100_ep200.py, swin_t_samix_l3_a2_near_sz224_bs100_ep200.py
+        "automix": {"precision": "32-true", "run": {**VIT_RUN, "gradient_clip_val": 10.0, "drop_path_rate": 0.2}},
+        "samix": {"precision": "32-true", "run": {**VIT_RUN, "gradient_clip_val": 20.0, "drop_path_rate": 0.2}},
+    },
+}
 TABLES = {
     "cifar100_r18": CIFAR_R18,
+    "cifar100_deit_s": DEIT_S,
+    "cifar100_swin_t": SWIN_T,
     # published.md: "ResNeXt-50 (32x4d), same columns" (no alphas there; the CSV's are OpenMixup's)
     "cifar100_rx50": {**CIFAR_R18, "experiment": "cifar100_rx50", "model": "cifar_resnext50_32x4d",
                       "published_md_alpha": {}},
@@ -236,12 +286,12 @@ def test_rows_openmix_cannot_run_are_listed(table):
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_every_mixer_and_epoch_budget_composes_with_the_published_recipe(table, composed):
-    expected = TABLES[table]
     alphas = {row.mixer: row.alpha for row in load_published(table).rows}
     fixed, swept = sweep(local_and_slurm(table)[0])
     for combination in covering(swept):
         cfg = composed([*fixed, *combination])
         mixer, where = cfg["mixer"]["name"], f"{table} {combination}"
+        expected = {**TABLES[table], **TABLES[table].get("per_mixer", {}).get(mixer, {})}  # a method's own recipe
         assert cfg["data"]["name"] == expected["data"] and cfg["model"]["name"] == expected["model"], where
         given = dict(override.split("=", 1) for override in [*fixed, *combination])
         assert cfg["epochs"] == int(given["epochs"]), where
@@ -260,6 +310,10 @@ def test_every_mixer_and_epoch_budget_composes_with_the_published_recipe(table, 
             assert cfg["mixer"]["alpha"] == alpha, where
         settings = {**METHOD_RECIPES.get(mixer, {}), **expected["mixers"].get(mixer, {})}
         assert {k: cfg["mixer"].get(k, "<absent>") for k in settings} == settings, where
+        if "run" in expected:  # the ViT tables: label smoothing, gradient clipping, drop path
+            run = {"label_smoothing": cfg["label_smoothing"], "gradient_clip_val": cfg["trainer"]["gradient_clip_val"],
+                   "drop_path_rate": cfg["model"]["kwargs"].get("drop_path_rate")}
+            assert run == expected["run"], where
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
