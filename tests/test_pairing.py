@@ -157,7 +157,7 @@ MODEL_MODES = {"manifoldmix": ("batch", "elem", "pair"), "alignmix": ("batch", "
                "puzzlemix": ("batch", "elem"), "automix": ("batch",), "samix": ("batch",), "adautomix": ("batch",),
                "guidedmixup": ("batch", "elem"), "sumix": ("batch", "elem", "pair"),
                "snapmix": ("batch", "elem"), "attentivemix": ("batch", "elem"),
-               "transmix": ("batch", "elem", "pair"), "smmix": ("batch", "elem", "pair")}
+               "transmix": ("batch", "elem", "pair"), "smmix": ("batch", "elem", "pair"), "comixup": ("batch",)}
 
 
 def test_every_model_aware_mixer_is_listed():

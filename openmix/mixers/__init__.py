@@ -8,6 +8,7 @@ from openmix.mixers.adautomix import AdAutoMix
 from openmix.mixers.alignmix import AlignMix
 from openmix.mixers.attentivemix import AttentiveMix
 from openmix.mixers.automix import AutoMix
+from openmix.mixers.comixup import CoMixup
 from openmix.mixers.cutmix import CutMix
 from openmix.mixers.fmix import FMix
 from openmix.mixers.gridmix import GridMix
@@ -21,8 +22,8 @@ from openmix.mixers.saliencymix import SaliencyMix
 from openmix.mixers.samix import SAMix
 from openmix.mixers.smmix import SMMix
 from openmix.mixers.smoothmix import SmoothMix
-from openmix.mixers.sumix import SUMix
 from openmix.mixers.snapmix import SnapMix
+from openmix.mixers.sumix import SUMix
 from openmix.mixers.tokenmix import TokenMix
 from openmix.mixers.transmix import TransMix
 
@@ -31,6 +32,7 @@ __all__ = [
     "AlignMix",
     "AttentiveMix",
     "AutoMix",
+    "CoMixup",
     "CutMix",
     "FMix",
     "GridMix",
