@@ -106,6 +106,19 @@ def test_targets_follow_the_moved_window():
     assert bool(shown[0, 1])
 
 
+def test_a_box_on_the_partners_window_lands_on_the_samples_window_whole():
+    model, (x, y) = peaky_vit(), seeded_batch()
+    step = mix_step(model, openmix.build("smmix", num_classes=NUM_CLASSES, pairing="flip", seed=0), x, y)
+    _, attention = clean_attention(model, x)
+    s = int(torch.round(torch.sqrt((1 - step.mix.lam[0]) * 16)))
+    (r, c), (pr, pc) = brute_force_windows(attention[:1], s)[0][0], brute_force_windows(attention[7:8], s)[1][0]
+    boxes = torch.zeros(8, 1, 4)
+    boxes[7, 0] = torch.tensor([4.0 * pc, 4.0 * pr, 4.0 * (pc + s), 4.0 * (pr + s)])  # the partner's window
+    moved, valid, visible = step.mix.boxes(boxes)
+    torch.testing.assert_close(moved[0, 1], torch.tensor([4.0 * c, 4.0 * r, 4.0 * (c + s), 4.0 * (r + s)]))
+    assert bool(valid[0, 1]) and float(visible[0, 1]) == 1.0
+
+
 # ------------------------------------------------------------------ the passes
 def test_a_step_is_a_clean_eval_pass_without_gradients_then_the_mixed_forward():
     model, (x, y) = peaky_vit(), seeded_batch()
