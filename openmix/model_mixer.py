@@ -39,7 +39,7 @@ from openmix.mixer import Mixer, Params
 from openmix.output import MixOutput, StepResult
 from openmix.targets import soft_targets
 
-__all__ = ["ModelMixer", "LearnedMixer"]
+__all__ = ["ModelMixer", "LearnedMixer", "trains_with"]
 
 
 class ModelMixer(Mixer):
@@ -268,3 +268,27 @@ def _in_ddp_forward(ddp: DistributedDataParallel, step: Callable[[nn.Module], St
     finally:
         restore()
     return StepResult(loss, logits, result[0].mix, result[0].aux)
+
+
+def trains_with(mixer: Mixer, model: nn.Module) -> bool:
+    """Whether ``mixer`` can train ``model``: an input mixer any model, a model-aware one a model its
+    :meth:`~ModelMixer.check_model` accepts (a :class:`LearnedMixer`: one it can :meth:`~LearnedMixer.attach`,
+    which it does, so pass a fresh mixer). A ``TypeError`` of the check means no.
+
+    Example:
+        >>> import openmix
+        >>> from openmix.models import create_model
+        >>> cnn = create_model("small_convnet", num_classes=10, in_chans=1)
+        >>> trains_with(openmix.build("cutmix"), cnn), trains_with(openmix.build("transmix", num_classes=10), cnn)
+        (True, False)
+    """
+    if not isinstance(mixer, ModelMixer):
+        return True
+    try:
+        if isinstance(mixer, LearnedMixer):
+            mixer.attach(model)
+        else:
+            mixer.check_model(model)
+    except TypeError:
+        return False
+    return True

@@ -105,18 +105,9 @@ TINY_VIT_CLI = ("model.name=vit_tiny_patch16_224", "~model.kwargs.channels", "~m
 def model_factory(name: str, num_classes: int = 10):
     """The smallest model the registered mixer ``name`` trains with: :func:`tiny_convnet`, or :func:`tiny_vit`
     for a mixer that refuses a CNN (``check_model``/``attach`` raise ``TypeError``). Input mixers: the CNN."""
-    from openmix.model_mixer import LearnedMixer, ModelMixer
+    from openmix.model_mixer import trains_with
 
-    mixer = openmix.build(name, num_classes=num_classes)
-    if not isinstance(mixer, ModelMixer):
-        return tiny_convnet
     for make in (tiny_convnet, tiny_vit):
-        try:
-            if isinstance(mixer, LearnedMixer):
-                mixer.attach(make(num_classes))
-            else:
-                mixer.check_model(make(num_classes))
+        if trains_with(openmix.build(name, num_classes=num_classes), make(num_classes)):
             return make
-        except TypeError:
-            continue
     raise TypeError(f"{name} trains with neither tiny_convnet nor tiny_vit")

@@ -102,7 +102,7 @@ def test_every_mixer_config_builds(mixer):
 @pytest.mark.parametrize("override, message", [
     ("epochs=-1", "epochs must be a positive integer"),
     ("batch_size=0", "batch_size must be a positive integer"),
-    ("mixer.name=mixupp", "unknown mixer 'mixupp'; available: vanilla, adautomix, alignmix, automix"),
+    ("mixer.name=mixupp", "unknown mixer 'mixupp'; available: vanilla, adautomix, alignmix, attentivemix, automix"),
     ("data.name=cifar1000", "unknown data 'cifar1000'; available: cifar10"),
     ("model.name=resnet1800", "unknown model 'resnet1800'"),
     ("mixer.alpha=-1", "alpha must be >= 0"),
