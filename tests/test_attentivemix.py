@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import openmix
+from openmix.mixer import DataInfo
 from openmix.mixers.attentivemix import top_cells
 from openmix.training import mix_step
 from helpers import assert_lightning_trains, assert_steps_train_every_parameter, seeded_batch, tiny_convnet, tiny_vit
@@ -121,6 +122,45 @@ def test_your_attention_network_is_frozen_run_in_eval_mode_without_gradients_and
     assert any(key.startswith("attention_model.") for key in mixer.state_dict())  # checkpoints hold it
 
 
+# ------------------------------------------------------------------ a named timm network
+@pytest.fixture
+def timm_calls(monkeypatch):
+    """``timm.create_model`` replaced by a recorder that gives a :class:`Pooled` (nothing is downloaded)."""
+    import timm
+
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda name, **kwargs: calls.append((name, kwargs)) or Pooled())
+    return calls
+
+
+def test_a_named_network_is_built_pretrained_by_timm_before_training_not_at_construction(timm_calls):
+    mixer = attentivemix(attention_model="resnet18.tv_in1k", attention_size=224)
+    assert timm_calls == [] and mixer.attention_model is None  # openmix-train's checks download nothing
+    mixer.configure_data(DataInfo(in_chans=1, num_classes=NUM_CLASSES))  # MixupClassifier.setup calls it
+    assert timm_calls == [("resnet18.tv_in1k", {"pretrained": True, "num_classes": 0})]
+    assert isinstance(mixer.attention_model, Pooled) and not mixer.attention_model.training
+    assert "attention_model='resnet18.tv_in1k'" in repr(mixer)
+
+
+def test_a_named_network_sees_a_grey_batch_as_rgb_and_is_built_at_the_first_step_otherwise(timm_calls):
+    mixer = attentivemix(attention_model="resnet18.tv_in1k", attention_pretrained=False, seed=0)
+    x, y = seeded_batch()
+    mix_step(tiny_convnet(), mixer, x, y)
+    assert timm_calls == [("resnet18.tv_in1k", {"pretrained": False, "num_classes": 0})]
+    assert mixer.attention_model.seen == [((8, 3, 16, 16), False, False)]
+
+
+def test_a_checkpoint_of_a_named_network_loads_without_a_download(timm_calls):
+    trained = attentivemix(attention_model="resnet18.tv_in1k")
+    trained.configure_data(DataInfo())
+    with torch.no_grad():
+        trained.attention_model.norm.running_mean.fill_(3.0)
+    resumed = attentivemix(attention_model="resnet18.tv_in1k")
+    resumed.load_state_dict(trained.state_dict())
+    assert [kwargs["pretrained"] for _, kwargs in timm_calls] == [True, False]  # the weights come from the state
+    assert float(resumed.attention_model.norm.running_mean) == 3.0
+
+
 def test_the_default_attention_is_the_trained_models_in_eval_mode_and_it_trains_on_after():
     model, (x, y) = tiny_convnet(), seeded_batch()
     twin = copy.deepcopy(model)
@@ -159,8 +199,10 @@ def test_the_step_trains_every_parameter_and_lightning_and_the_cli_run_it(tmp_pa
 # ------------------------------------------------------------------ errors
 def test_what_it_cannot_use_is_refused_clearly():
     x, y = seeded_batch()
-    with pytest.raises(TypeError, match="attention_model must be an nn.Module .* got str"):
-        attentivemix(attention_model="resnet18")
+    with pytest.raises(TypeError, match="attention_model must be an nn.Module .*, a timm model name .* got int"):
+        attentivemix(attention_model=18)
+    with pytest.raises(ValueError, match="attention_model 'resnet1800' is not a timm model name"):
+        attentivemix(attention_model="resnet1800").configure_data(DataInfo())
     with pytest.raises(TypeError, match=r"network must give a 4-D map \(a CNN\); VisionTransformer's gives \(8, 17, 32\)"):
         mix_step(tiny_vit(), attentivemix(), x, y)
     with pytest.raises(TypeError, match="needs a model with forward_features"):

@@ -39,11 +39,16 @@ CIFAR_DATA = {"num_classes": 100, "image_size": 32, "padding": 4, "padding_mode"
 # OpenMixup's CIFAR and Tiny-ImageNet learned-mixer configs anneal the model's lr to 0.05, not 0
 # (not in published.md: the experiment files and the README say so).
 LEARNED_FLOOR = {"automix": 0.05, "samix": 0.05}
+# OpenMixup's AttentiveMix+ in every table: k from Beta(alpha, alpha), the cells of a frozen torchvision
+# ImageNet ResNet-18 (timm's resnet18.tv_in1k) on the batch resized to 224 (its attentivemix configs).
+ATTENTIVEMIX_PLUS = {"use_alpha": True, "attention_model": "resnet18.tv_in1k", "attention_size": 224,
+                     "attention_pretrained": True}
 # published.md, "Method recipes": PuzzleMix block_num {2, 4, 8, 16} (null: those that divide the
 # image side), beta 1.2, gamma 0.5 over neigh_size 4, eta 0.2, n_labels 3, t_eps 0.8, transport on;
 # AutoMix EMA 0.999 -> 0.999999, mask loss 0.1, lam margin 0.08, nearest upsampling; SAMix bilinear.
 # OpenMixup's benchmark configs draw ResizeMix's scale from Beta(alpha, alpha) (use_alpha).
 OPENMIXUP_MIXERS = {
+    "attentivemix": ATTENTIVEMIX_PLUS,
     "resizemix": {"use_alpha": True},
     "puzzlemix": {"t_size": 4, "block_nums": None},
     "automix": {"end_momentum": 0.999999, "lr": None, "min_lr": None, "lam_channel": False,
@@ -63,10 +68,6 @@ METHOD_RECIPES = {
 # Mixers whose config has no alpha: vanilla mixes nothing, SmoothMix draws no lambda (its
 # published alpha is unused by the method), RandomChoice's children have their own.
 ALPHA_FREE = {"vanilla", "smoothmix", "random_choice"}
-# Registered mixers no table's sweep runs, and why (REPRODUCE.md says so in each section); a table's own
-# "not_run" adds to these.
-NOT_RUN = {"attentivemix": "OpenMixup's AttentiveMix+ ranks the cells of a frozen ImageNet-pretrained ResNet-18, "
-                           "which openmix-train cannot download"}
 
 CIFAR_R18 = {  # published.md, "OpenMixup ..., CIFAR-100, top-1 (%)", ResNet-18 table
     "experiment": "cifar100_r18", "data": "cifar100", "model": "cifar_resnet18",
@@ -101,6 +102,7 @@ VIT_DATA = {"num_classes": 100, "image_size": 224, "padding": 4, "mean": CIFAR_D
 VIT_LEARNED = {"end_momentum": 0.99996, "momentum_hold": 0.25, "mask_loss_anneal": True, "min_lr": 1e-4,
                "upsample": "nearest"}
 VIT_MIXERS = {
+    "attentivemix": ATTENTIVEMIX_PLUS,
     "resizemix": {"use_alpha": True},
     "puzzlemix": {"t_size": -1, "block_nums": [2, 4, 8]},
     "random_choice": {"mixers": None, "p": None},
@@ -166,6 +168,7 @@ TABLES = {
         "epochs": [100, 300], "batch_size": 64, "devices": 4, "precision": "16-mixed",
         "optimizer": OPENMIXUP_SGD, "scheduler": COSINE_TO_0, "learned_min_lr": {},
         "mixers": {
+            "attentivemix": ATTENTIVEMIX_PLUS,
             "resizemix": {"use_alpha": True},
             "puzzlemix": {"t_size": -1, "block_nums": [2, 4, 8]},
             "automix": {"lam_channel": True, "end_momentum": 0.99999, "mask_loss_anneal": True, "lr": 0.1,
@@ -244,7 +247,7 @@ def local_and_slurm(table: str) -> tuple[str, str]:
 
 
 def runnable(table: str) -> list[str]:
-    have = {"vanilla", *openmix.available()} - set(NOT_RUN) - set(TABLES[table].get("not_run", {}))
+    have = {"vanilla", *openmix.available()} - set(TABLES[table].get("not_run", {}))
     return [row.mixer for row in load_published(table).rows if row.mixer in have]
 
 

@@ -30,9 +30,15 @@ attention is the channel mean (OpenMixup), not one channel; the attention networ
 whole batch at once, with no loop. The attention network sees the batch as the step gets it: normalise it
 for a pretrained network inside the module you pass.
 
-**No weights are downloaded**: openmix needs no internet. Pass the pretrained network yourself, with its
-weights at hand: e.g. ``timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1)`` (timm
-folds the RGB filters for grey images) with ``attention_size=224``. The mixer holds it as a frozen submodule
+**The attention network.** Pass a module (``timm.create_model("resnet18", pretrained=True, num_classes=0,
+in_chans=1)``: timm folds the RGB filters for grey images), or a timm model name: ``attention_model=
+"resnet18.tv_in1k"`` (torchvision's ImageNet ResNet-18, OpenMixup's) builds it with
+``timm.create_model(name, pretrained=attention_pretrained, num_classes=0)`` before training
+(:meth:`~AttentiveMix.configure_data`, which ``MixupClassifier`` calls) or at the first step. That downloads
+the weights once (timm's Hugging Face cache) and fails on a machine without internet and without them
+cached; loading a checkpoint that holds them builds the network without a download. A grey batch is
+repeated to its 3 channels. This is how ``openmix-train`` runs OpenMixup's AttentiveMix+ rows (the
+experiments set it); nothing else in openmix downloads. The mixer holds the network as a frozen submodule
 (``requires_grad`` off; ``mixer.to(device)`` moves it, and ``state_dict()`` holds its weights).
 """
 
@@ -47,7 +53,7 @@ from torch import Tensor, nn
 
 from openmix.checks import check_bool, check_int
 from openmix.losses import Criterion
-from openmix.mixer import Draws, Params, blend, gather_partner
+from openmix.mixer import DataInfo, Draws, Params, blend, gather_partner
 from openmix.mixers.puzzlemix.saliency import _modes
 from openmix.model_mixer import ModelMixer
 from openmix.output import MixOutput, StepResult
@@ -73,8 +79,10 @@ class AttentiveMix(ModelMixer):
             (OpenMixup's AttentiveMix+); ``top_k`` is then unused, and ``alpha=0`` disables mixing.
         attention_model: the network whose last feature map ``(B, C, h, w)`` is the attention: its
             ``forward_features`` (timm's models), or its ``forward`` when it has none; frozen, always run in eval
-            mode without gradients. ``None``: the model being trained (in eval mode, without gradients; it
-            needs ``forward_features``). Nothing is downloaded: pass a pretrained network yourself.
+            mode without gradients. A string names a timm model (with its pretrained tag, e.g.
+            ``"resnet18.tv_in1k"``), built with ``attention_pretrained`` (its weights downloaded once by timm).
+            ``None``: the model being trained (in eval mode, without gradients; it needs ``forward_features``).
+        attention_pretrained: load the pretrained weights of a named ``attention_model`` (default ``True``).
         attention_size: the side the batch is resized to (bilinear) for the attention network; ``None``: as
             it comes.
         **kwargs: the common :class:`~openmix.mixer.Mixer` arguments; modes ``batch`` (one ``k``) and ``elem``
@@ -103,16 +111,22 @@ class AttentiveMix(ModelMixer):
         *,
         top_k: int = 6,
         use_alpha: bool = False,
-        attention_model: nn.Module | None = None,
+        attention_model: nn.Module | str | None = None,
         attention_size: int | None = None,
+        attention_pretrained: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(alpha, num_classes, **kwargs)
         self.top_k = check_int("top_k", top_k, 1)
         self.use_alpha = check_bool("use_alpha", use_alpha)
+        self.attention_pretrained = check_bool("attention_pretrained", attention_pretrained)
+        self.attention_name = attention_model if isinstance(attention_model, str) else None
+        if self.attention_name is not None:  # built before training (configure_data) or at the first step
+            attention_model = None
+            self._register_load_state_dict_pre_hook(_build_before_loading, with_module=True)
         if attention_model is not None and not isinstance(attention_model, nn.Module):
-            raise TypeError(f"attention_model must be an nn.Module (a network with forward_features) or None (the "
-                            f"model being trained), got {type(attention_model).__name__}")
+            raise TypeError(f"attention_model must be an nn.Module (a network with forward_features), a timm model "
+                            f"name or None (the model being trained), got {type(attention_model).__name__}")
         self.attention_model = None if attention_model is None else attention_model.requires_grad_(False).eval()
         self.attention_size = None if attention_size is None else check_int("attention_size", attention_size, 1)
         self._warned = False  # that top_k keeps every cell: once
@@ -120,7 +134,19 @@ class AttentiveMix(ModelMixer):
     # ------------------------------------------------------------------ the step
     def check_model(self, model: nn.Module) -> nn.Module:
         """``model`` unwrapped with ``forward_features`` when it is the attention network, else as it is."""
-        return self.feature_model(model) if self.attention_model is None else model
+        return self.feature_model(model) if self.attention_model is None and self.attention_name is None else model
+
+    def configure_data(self, data: DataInfo) -> None:
+        """Build a named ``attention_model`` (timm; its weights downloaded once) before training."""
+        self.build_attention_model()
+
+    def build_attention_model(self, pretrained: bool | None = None) -> nn.Module | None:
+        """The attention network, building a named one on first use (``pretrained``: default
+        ``attention_pretrained``); ``None`` when it is the model being trained."""
+        if self.attention_model is None and self.attention_name is not None:
+            pretrained = self.attention_pretrained if pretrained is None else pretrained
+            self.attention_model = _named_network(self.attention_name, pretrained).requires_grad_(False).eval()
+        return self.attention_model
 
     def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
         """The attention of the clean batch, each sample's top cells over its partner, the loss of the mix."""
@@ -142,10 +168,16 @@ class AttentiveMix(ModelMixer):
         Raises:
             TypeError: the network's features are not a 4-D map ``(B, C, h, w)``.
         """
-        network = model if self.attention_model is None else self.attention_model
+        network = self.build_attention_model()
+        if network is None:
+            network = model
+        elif next(network.parameters(), x).device != x.device:  # built at this step: where the batch is
+            network.to(x.device)
         size = self.attention_size
         inputs = x if size is None or tuple(x.shape[2:]) == (size, size) else F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False)
+        if self.attention_name is not None and inputs.shape[1] == 1:  # a named timm network takes RGB
+            inputs = inputs.expand(-1, 3, -1, -1)
         forward = getattr(network, "forward_features", None)
         with torch.no_grad(), _modes(network, False):
             features = (forward if callable(forward) else network)(inputs)
@@ -193,11 +225,33 @@ class AttentiveMix(ModelMixer):
         else:
             del fields["alpha"]
             fields["top_k"] = self.top_k
-        if self.attention_model is not None:
-            fields["attention_model"] = type(self.attention_model).__name__
+        if self.attention_name is not None or self.attention_model is not None:
+            fields["attention_model"] = self.attention_name or type(self.attention_model).__name__
         if self.attention_size is not None:
             fields["attention_size"] = self.attention_size
         return fields
+
+
+def _build_before_loading(mixer: "AttentiveMix", state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A state that holds a named attention network's weights: build it first (no download: they are here)."""
+    if mixer.attention_model is None and any(key.startswith(prefix + "attention_model.") for key in state):
+        mixer.build_attention_model(pretrained=False)
+
+
+def _named_network(name: str, pretrained: bool) -> nn.Module:
+    """``timm.create_model(name, pretrained=pretrained, num_classes=0)``, with a clear error where the weights
+    cannot be had (no internet and no cached copy)."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ValueError(f"attention_model {name!r} is not a timm model name (timm.list_models())") from error
+        raise
+    except OSError as error:  # no network and nothing in the cache
+        raise RuntimeError(f"AttentiveMix could not load the pretrained weights of {name!r} ({error}); connect "
+                           "once so that timm caches them, or pass the network as a module") from error
 
 
 def top_cells(attention: Tensor, k: Tensor) -> Tensor:
