@@ -41,8 +41,7 @@ CIFAR_DATA = {"num_classes": 100, "image_size": 32, "padding": 4, "padding_mode"
 LEARNED_FLOOR = {"automix": 0.05, "samix": 0.05}
 # OpenMixup's AttentiveMix+ in every table: k from Beta(alpha, alpha), the cells of a frozen torchvision
 # ImageNet ResNet-18 (timm's resnet18.tv_in1k) on the batch resized to 224 (its attentivemix configs).
-ATTENTIVEMIX_PLUS = {"use_alpha": True, "attention_model": "resnet18.tv_in1k", "attention_size": 224,
-                     "attention_pretrained": True}
+ATTENTIVEMIX_PLUS = {"use_alpha": True, "attention_model": "resnet18.tv_in1k", "attention_size": 224}
 # published.md, "Method recipes": PuzzleMix block_num {2, 4, 8, 16} (null: those that divide the
 # image side), beta 1.2, gamma 0.5 over neigh_size 4, eta 0.2, n_labels 3, t_eps 0.8, transport on;
 # AutoMix EMA 0.999 -> 0.999999, mask loss 0.1, lam margin 0.08, nearest upsampling; SAMix bilinear.
