@@ -5,7 +5,6 @@ solver against the official loop (modular penalty + per-output gco swap) and the
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -15,11 +14,10 @@ import torch.nn.functional as F
 import openmix
 from helpers import assert_steps_train_every_parameter, seeded_batch, tiny_convnet
 from openmix.losses import softmax_bce
-from openmix.mixers.comixup import (CoMixupProblem, comixup_objective, comixup_problem, match_outputs, potts_labels,
-                                    solve_comixup)
+from openmix.mixers.comixup import comixup_objective, comixup_problem, match_outputs, potts_labels, solve_comixup
 from openmix.mixers.comixup.objective import ABSENT_COST, block_counts
-from openmix.mixers.puzzlemix import input_saliency
 from openmix.training import mix_step
+from test_benchmark import script
 
 NUM_CLASSES = 10
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,167 +29,33 @@ def comixup(**kwargs) -> openmix.Mixer:
     return openmix.build("comixup", **kwargs)
 
 
-def smooth_saliency(batch: int, size: int, seed: int, power: float = 1.0) -> torch.Tensor:
-    """Smoothed noise squared (``power`` > 1: a few peaked regions), float64 ``(B, size, size)``."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch, 1, size + 6, size + 6, generator=gen, dtype=torch.float64)
-    return F.avg_pool2d(noise, 7, 1)[:, 0].square().pow(power)
-
-
-def cnn_saliency(batch: int, size: int, seed: int) -> torch.Tensor:
-    """Input-gradient saliency of a small random CNN on smooth images: the maps Co-Mixup sees."""
-    torch.manual_seed(seed)
-    layers = [m for i in range(3) for m in (torch.nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1), torch.nn.ReLU())]
-    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
-    gen = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(batch, 3, size // 4, size // 4, generator=gen), size=size, mode="bilinear")
-    return input_saliency(model, x, torch.randint(0, 10, (batch,), generator=gen)).double()
-
-
-def problems(kind: str, parts: int, m: int, grid: int, seed: int) -> CoMixupProblem:
-    """``parts`` partitions of ``m`` saliency maps with the official defaults and a Dirichlet(2) prior, float64."""
-    size = grid * math.ceil(32 / grid)
-    sal = cnn_saliency(parts * m, size, seed) if kind == "cnn" else smooth_saliency(parts * m, size, seed)
-    gammas = torch._standard_gamma(torch.full((parts, m), 2.0, dtype=torch.float64), generator=torch.Generator().manual_seed(seed))
-    return comixup_problem(sal, grid, m, prior=gammas / gammas.sum(1, keepdim=True))
-
-
-# ---------------------------------------------------------------- the official code, restated for reference
-def official_objective(masks: np.ndarray, cost: np.ndarray, beta: float, gamma: float, thres: float | None) -> float:
-    """``obj_fn`` (``thres=None``) or ``obj_fn_thres`` of ``match.py`` for one partition: masks ``(m, G, G, m)``,
-    cost ``(m, G, G)``, coefficients already scaled by the grid."""
-    counts = masks.reshape(masks.shape[0], -1, masks.shape[-1]).sum(1)
-    value = float((masks * cost.transpose(1, 2, 0)[None]).sum())
-    value += beta / 2 * float(((masks[:, :-1] - masks[:, 1:]) ** 2).sum() + ((masks[:, :, :-1] - masks[:, :, 1:]) ** 2).sum())
-    if thres is None:
-        return value + gamma * float((counts.sum(0) ** 2).sum() - (counts**2).sum())
-    others = counts.sum(0, keepdims=True) - counts
-    return value + gamma * float(((others > thres) * others * counts).sum())
-
-
-def gco_labels(unary: np.ndarray, pairwise: np.ndarray, beta: float) -> np.ndarray:
-    """One alpha-beta swap of gco on a ``G x G`` grid with ``beta`` on every edge (``graphcut_multi``)."""
-    import gco
-
-    grid = unary.shape[0]
-    edges_v, edges_h = np.full((grid - 1, grid), beta, np.float32), np.full((grid, grid - 1), beta, np.float32)
-    return gco.cut_grid_graph(np.ascontiguousarray(unary, dtype=np.float32), pairwise.astype(np.float32), edges_v, edges_h,
-                              algorithm="swap").reshape(grid, grid)
-
-
-def official_output(unary: np.ndarray, used: np.ndarray, beta: float, soft: bool) -> np.ndarray:
-    """``graphcut_wrapper``: one output's mask ``(G, G, m)``; with ``soft`` (the official from its second sweep),
-    a 50/50 label of the two inputs it uses (cost: their mean - 5e-4; 0.25 to each parent), or three such
-    labels of its three most used inputs."""
-    m = unary.shape[-1]
-    assigned = used > 0
-    extra = int(assigned.sum()) if soft else 0
-    if extra == 2:
-        parents, blend = np.flatnonzero(assigned), np.array([[0.5, 0.5]])
-    elif extra >= 3:
-        parents, blend = np.sort(np.argsort(-used, kind="stable")[:3]), np.array([[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    else:
-        return np.eye(m)[gco_labels(unary, 1 - np.eye(m), beta)]
-    k = blend.shape[0]
-    full = np.concatenate([unary, unary[..., parents] @ blend.T - 5e-4], -1)
-    pairwise = 1 - np.eye(m + k)
-    pairwise[m:, parents] = np.where(blend > 0, 0.25, 1.0)  # a 50/50 label next to one of its parents: 0.25
-    pairwise[parents, m:] = pairwise[m:, parents].T
-    weights = np.zeros((k, m))
-    weights[:, parents] = blend
-    onehot = np.eye(m + k)[gco_labels(full, pairwise, beta)]
-    return onehot[..., :m] + onehot[..., m:] @ weights
-
-
-def official_solve(cost: np.ndarray, compat: np.ndarray, beta: float, gamma: float, tau: float, rng: np.random.Generator,
-                   soft: bool = True, sweeps: int = 4, resolve: bool = True) -> np.ndarray:
-    """``get_onehot_matrix`` for one partition (``n_output = n_input = m``), restated: a random labelling, then
-    ``sweeps`` passes re-labelling each output by gco with the modular penalty ``2 gamma 1[A p > tau] A p`` of
-    the others' use ``p``; ``resolve_label`` after the second last pass; stop when ``obj_fn`` changes by less
-    than 1e-6 relatively. Returns the masks ``(m, G, G, m)`` of the last labelling."""
-    m, grid, _ = cost.shape
-    masks = np.eye(m)[rng.integers(0, m, (m, grid, grid))]
-    before = official_objective(masks, cost, beta, gamma, None)
-    use = masks.reshape(-1, m).sum(0)
-    extra = None
-    for sweep in range(sweeps):
-        for j in range(m):
-            own = masks[j].reshape(-1, m).sum(0)
-            use = use - own
-            pressure = compat @ use
-            penalty = 2 * gamma * (pressure > tau) * pressure
-            unary = cost + penalty[:, None, None] + (0 if extra is None else gamma * extra[j][:, None, None])
-            masks[j] = official_output(unary.transpose(1, 2, 0), own, beta, soft and sweep > 0)
-            use = use + masks[j].reshape(-1, m).sum(0)
-        if resolve and sweep == sweeps - 2:
-            shown = (masks.reshape(m, -1, m).sum(1) > 0).astype(np.float64)
-            same = np.triu(1.0 - np.minimum(np.abs(shown[:, None] - shown[None]).sum(-1), 1.0), 1)
-            extra = np.zeros_like(shown)
-            for a, b in zip(*np.nonzero(same)):
-                inputs = np.flatnonzero(shown[a])
-                if len(inputs) > 1:
-                    extra[a, inputs[0]] = extra[b, inputs[1]] = 1.0
-        after = official_objective(masks, cost, beta, gamma, None)
-        if abs(before - after) / abs(after) < 1e-6:
-            break
-        before = after
-    return masks
-
-
-def official_values(problem: CoMixupProblem, runs: int, soft: bool, seed: int = 0) -> torch.Tensor:
-    """The mean objective ``(P,)`` of ``runs`` official solves (random starts) of every partition."""
-    rng = np.random.default_rng(seed)
-    cost, compat = problem.cost.double().numpy(), problem.compat.double().numpy()
-    values = []
-    for _ in range(runs):
-        masks = np.stack([official_solve(c, a, problem.beta, problem.gamma, problem.tau, rng, soft) for c, a in zip(cost, compat)])
-        values.append(comixup_objective(torch.from_numpy(masks), problem.to(torch.float64)))
-    return torch.stack(values).mean(0)
-
-
-def exhaustive_optimum(problem: CoMixupProblem) -> torch.Tensor:
-    """The exact optimum ``(P,)``. The outputs share one unary, so the objective depends on the multiset of their
-    block counts: every output's best Potts energy for each count vector (over all ``m^N`` labellings), then
-    every multiset of ``m`` count vectors."""
-    cost, compat = problem.cost.double(), problem.compat.double()
-    parts, m, grid, _ = cost.shape
-    blocks = grid * grid
-    every = torch.tensor(list(itertools.product(range(m), repeat=blocks)))  # (S, N)
-    shape = every.view(-1, grid, grid)
-    cuts = (shape[:, 1:] != shape[:, :-1]).flatten(1).sum(1) + (shape[:, :, 1:] != shape[:, :, :-1]).flatten(1).sum(1)
-    energy = cost.flatten(2)[:, every, torch.arange(blocks)].sum(-1) + problem.beta * cuts  # (P, S)
-    keys, which = torch.unique(F.one_hot(every, m).sum(1), dim=0, return_inverse=True)
-    best = torch.full((parts, keys.shape[0]), math.inf, dtype=torch.float64).scatter_reduce(
-        1, which.expand(parts, -1), energy, reduce="amin")
-    combos = torch.tensor(list(itertools.combinations_with_replacement(range(keys.shape[0]), m)))
-    optimum = []
-    for p in range(parts):  # test reference only: a plain loop is clearest
-        counts = keys[combos].double()  # (C, m, m)
-        pressure = (counts.sum(1, keepdim=True) - counts) @ compat[p].t()
-        penalty = problem.gamma * (counts * torch.where(pressure > problem.tau, pressure, 0.0)).sum((1, 2))
-        optimum.append((best[p][combos].sum(1) + penalty).min())
-    return torch.stack(optimum)
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/comixup_solver.py: the saliency generators, the official solver restated (numpy + gco) and
+    the exhaustive optimum, loaded once."""
+    with script("comixup_solver") as module:
+        yield module
 
 
 # ------------------------------------------------------------------------ the objective
 @pytest.mark.parametrize("thres", [0.83, 0.0])
-def test_the_objective_is_the_official_obj_fn_thres_or_obj_fn(thres):
-    problem = problems("smooth", 3, 5, 3, seed=0)
+def test_the_objective_is_the_official_obj_fn_thres_or_obj_fn(bench, thres):
+    problem = bench.problems("smooth", 3, 5, 3, seed=0)
     problem = problem._replace(compat=torch.eye(5, dtype=torch.float64).expand(3, 5, 5), tau=thres * 9)
     labels = torch.randint(0, 5, (3, 5, 3, 3), generator=torch.Generator().manual_seed(1))
     masks = F.one_hot(labels, 5).double()
-    expected = [official_objective(masks[p].numpy(), problem.cost[p].numpy(), problem.beta, problem.gamma,
+    expected = [bench.official_objective(masks[p].numpy(), problem.cost[p].numpy(), problem.beta, problem.gamma,
                                    thres * 9 if thres else None) for p in range(3)]
     torch.testing.assert_close(comixup_objective(labels, problem), torch.tensor(expected, dtype=torch.float64))
     torch.testing.assert_close(comixup_objective(masks, problem), torch.tensor(expected, dtype=torch.float64))
 
 
-def test_soft_masks_are_scored_as_the_official_obj_fn_scores_them():
-    problem = problems("smooth", 1, 3, 2, seed=2)._replace(compat=torch.eye(3, dtype=torch.float64).unsqueeze(0), tau=0.0)
+def test_soft_masks_are_scored_as_the_official_obj_fn_scores_them(bench):
+    problem = bench.problems("smooth", 1, 3, 2, seed=2)._replace(compat=torch.eye(3, dtype=torch.float64).unsqueeze(0), tau=0.0)
     masks = torch.zeros(1, 3, 2, 2, 3, dtype=torch.float64)
     masks[0, :, :, :, 0] = 1.0
     masks[0, 0, 0, 0] = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)  # one 50/50 block
-    expected = official_objective(masks[0].numpy(), problem.cost[0].numpy(), problem.beta, problem.gamma, None)
+    expected = bench.official_objective(masks[0].numpy(), problem.cost[0].numpy(), problem.beta, problem.gamma, None)
     assert float(comixup_objective(masks, problem)) == pytest.approx(expected, rel=1e-12)
 
 
@@ -256,13 +120,13 @@ def test_the_row_dp_keeps_every_label_an_optimum_may_use():
 
 
 @pytest.mark.parametrize("grid", [6, 8])
-def test_large_grids_are_solved_no_worse_than_gco_on_average(grid):
+def test_large_grids_are_solved_no_worse_than_gco_on_average(bench, grid):
     pytest.importorskip("gco")
     unary = -0.2 * torch.rand(16, grid, grid, 20, generator=torch.Generator().manual_seed(grid)) ** 3
     _, energy = potts_labels(unary, 0.02)  # line ICM
     theirs = []
     for u in unary:
-        lab = torch.from_numpy(gco_labels(u.numpy(), 1 - np.eye(20), 0.02).astype(np.int64))
+        lab = torch.from_numpy(bench.gco_labels(u.numpy(), 1 - np.eye(20), 0.02).astype(np.int64))
         cuts = (lab[1:] != lab[:-1]).sum() + (lab[:, 1:] != lab[:, :-1]).sum()
         theirs.append(u.gather(-1, lab.unsqueeze(-1)).sum() + 0.02 * cuts)
     assert float(energy.mean()) <= float(torch.stack(theirs).mean())
@@ -271,39 +135,65 @@ def test_large_grids_are_solved_no_worse_than_gco_on_average(grid):
 # ------------------------------------------------------------------------ the whole problem vs official and optimum
 @pytest.mark.parametrize("kind", ["smooth", "cnn"])
 @pytest.mark.parametrize("m, grid, margin", [(4, 2, 0.02), (3, 3, 0.05)])
-def test_the_solver_is_near_the_exhaustive_optimum_and_no_worse_than_the_official(kind, m, grid, margin):
+def test_the_solver_is_near_the_exhaustive_optimum_and_no_worse_than_the_official(bench, kind, m, grid, margin):
     pytest.importorskip("gco")
-    problem = problems(kind, 12, m, grid, seed=10 * m + grid)
-    optimum = exhaustive_optimum(problem)
+    problem = bench.problems(kind, 12, m, grid, seed=10 * m + grid)
+    optimum = bench.exhaustive_optimum(problem)
     _, ours = solve_comixup(problem, generator=torch.Generator().manual_seed(0), return_objective=True)
     assert bool((ours >= optimum - 1e-6).all())  # the optimum is a bound (up to rounding at the threshold)
     gap = ((ours - optimum) / optimum.abs()).mean()
-    assert float(gap) <= margin  # mean relative gap to the optimum (measured: docs/comixup.md)
-    official = official_values(problem, runs=3, soft=True)
+    assert float(gap) <= margin  # measured on these problems: 0.812% (4 x 2), 3.957% (3 x 3) smooth, 0 cnn (docs/comixup.md)
+    official = bench.official_values(problem, runs=3, soft=True)
     assert float(ours.mean()) <= float(official.mean())
 
 
 @pytest.mark.parametrize("kind", ["smooth", "cnn"])
 @pytest.mark.parametrize("m, grid", [(5, 2), (6, 3)])
-def test_the_solver_is_no_worse_than_the_official_where_the_optimum_is_out_of_reach(kind, m, grid):
+def test_the_solver_is_no_worse_than_the_official_where_the_optimum_is_out_of_reach(bench, kind, m, grid):
     pytest.importorskip("gco")
-    problem = problems(kind, 8, m, grid, seed=m + grid)
+    problem = bench.problems(kind, 8, m, grid, seed=m + grid)
     _, ours = solve_comixup(problem, generator=torch.Generator().manual_seed(0), return_objective=True)
     for soft in (True, False):  # as coded (50/50 blocks from the second sweep), and with hard masks only
-        assert float(ours.mean()) <= float(official_values(problem, runs=3, soft=soft).mean())
+        assert float(ours.mean()) <= float(bench.official_values(problem, runs=3, soft=soft).mean())
 
 
-def test_the_solver_beats_the_official_at_the_default_size():
+def test_the_solver_beats_the_official_at_the_default_size(bench):
     pytest.importorskip("gco")
-    problem = problems("cnn", 2, 20, 4, seed=0)
+    problem = bench.problems("cnn", 2, 20, 4, seed=0)
     _, ours = solve_comixup(problem.to(torch.float32), generator=torch.Generator().manual_seed(0), return_objective=True)
-    assert float(ours.mean()) < float(official_values(problem, runs=2, soft=True).mean())
+    assert float(ours.mean()) < float(bench.official_values(problem, runs=2, soft=True).mean())
 
 
-def test_the_objective_returned_is_the_labellings():
-    problem = problems("smooth", 6, 6, 3, seed=3)
+def test_the_benchmark_prints_its_three_tables_on_a_tiny_setting(bench, capsys, tmp_path):
+    """benchmarks/comixup_solver.py's main, small sizes and one repeat (with or without gco)."""
+    results = bench.main(["--device", "cpu", "--kinds", "smooth", "--small", "3x2", "--parts", "2", "--beyond", "4x2",
+                          "--beyond-parts", "2", "--more-restarts", "2", "--more-sweeps", "2", "--runs", "1",
+                          "--batch", "8", "--partition", "4", "--grids", "2", "--repeats", "1", "--official-repeats", "1",
+                          "--markdown", str(tmp_path / "tables.md")])
+    text = capsys.readouterr().out
+    written = (tmp_path / "tables.md").read_text()
+    for title in ("### a. Gap to the exhaustive optimum", "### b. Mean objective", "### c. Speed, CPU: batch 8 = 2 partitions"):
+        assert title in text and title in written
+    assert "| smooth | 3 | 2 | 2 |" in text and "| smooth | 4 | 2 | 2 |" in text and "\n| 2 | " in text
+    (small,), (beyond,), (timing,) = results["small"], results["beyond"], results["speed"]
+    assert small["ours"] >= -1e-9 and 0.0 <= small["optimal"] <= 1.0  # the optimum bounds the solver
+    assert beyond["exact"] == beyond["exact_in_solve"] == 1.0  # 4 labels on 2 x 2: the row DP is exact
+    assert timing["ms"] > 0 and ("official_ms" in timing) == ("soft" in small)
+
+
+def test_the_objective_returned_is_the_labellings(bench):
+    problem = bench.problems("smooth", 6, 6, 3, seed=3)
     labels, value = solve_comixup(problem, generator=torch.Generator().manual_seed(0), return_objective=True)
     torch.testing.assert_close(value, comixup_objective(labels, problem))
+
+
+@pytest.mark.parametrize("kind, grid", [("cnn", 8), ("smooth", 4)])
+def test_no_partition_ends_worse_than_not_mixing(bench, kind, grid):
+    problem = bench.problems(kind, 4, 20, grid, seed=1).to(torch.float32)
+    _, value = solve_comixup(problem, restarts=1, sweeps=2, generator=torch.Generator().manual_seed(0),
+                             return_objective=True)
+    own = torch.arange(20).view(1, 20, 1, 1).expand(4, 20, grid, grid)
+    assert bool((value <= comixup_objective(own, problem) + 1e-5).all())  # the identity start's descent
 
 
 def test_outputs_take_every_inputs_salient_quarter():
@@ -320,17 +210,17 @@ def test_the_solver_reads_nothing_on_the_host():
 
 
 # ------------------------------------------------------------------------ the mix
-def mixed(batch: int = 10, partition: int = 4, size: int = 16, **kwargs):
+def mixed(bench, batch: int = 10, partition: int = 4, size: int = 16, **kwargs):
     """A batch, its mix by a seeded Co-Mixup given smooth saliency maps, and the partitions that call drew."""
     x = torch.rand(batch, 2, size, size, generator=torch.Generator().manual_seed(5))
-    sal = smooth_saliency(batch, size, 5).float()
+    sal = bench.smooth_saliency(batch, size, 5).float()
     order = comixup(partition=partition, **kwargs).sample_params(x).get("order")  # the same seed draws the same
     out = comixup(partition=partition, **kwargs)(x, torch.arange(batch) % NUM_CLASSES, saliency=sal)
     return x, out, None if order is None else order.split(partition)
 
 
-def test_every_block_is_a_block_of_an_input_of_the_same_partition():
-    x, out, parts = mixed()
+def test_every_block_is_a_block_of_an_input_of_the_same_partition(bench):
+    x, out, parts = mixed(bench)
     indices, weights = out.sources
     ours, theirs = out.x.unfold(2, 4, 4).unfold(3, 4, 4), x.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, 4, 4, 4, 4)
     for part in parts:
@@ -341,8 +231,8 @@ def test_every_block_is_a_block_of_an_input_of_the_same_partition():
                 assert any(torch.equal(ours[b, :, r, c], theirs[i, :, r, c]) for i in used)
 
 
-def test_sources_partition_the_pixels_and_give_the_targets():
-    x, out, _ = mixed()
+def test_sources_partition_the_pixels_and_give_the_targets(bench):
+    x, out, _ = mixed(bench)
     indices, weights = out.sources
     torch.testing.assert_close(out.source_masks.sum(1), torch.ones(10, 16, 16))
     torch.testing.assert_close(weights, out.source_masks.mean((2, 3)))  # shares = block counts / N
@@ -351,8 +241,8 @@ def test_sources_partition_the_pixels_and_give_the_targets():
     torch.testing.assert_close(out.dense(x), out.x)
 
 
-def test_lam_is_the_own_share_and_index_the_largest_other():
-    _, out, _ = mixed()
+def test_lam_is_the_own_share_and_index_the_largest_other(bench):
+    _, out, _ = mixed(bench)
     indices, weights = out.sources
     assert torch.equal(indices[:, 0], torch.arange(10))
     torch.testing.assert_close(out.lam, weights[:, 0])
@@ -362,8 +252,8 @@ def test_lam_is_the_own_share_and_index_the_largest_other():
     assert out.binary
 
 
-def test_vector_and_sparse_targets_follow_the_shares():
-    _, out, _ = mixed()
+def test_vector_and_sparse_targets_follow_the_shares(bench):
+    _, out, _ = mixed(bench)
     values = torch.randn(10, 3)
     indices, weights = out.sources
     torch.testing.assert_close(out.vector(values), (weights.unsqueeze(-1) * values[indices]).sum(1))
@@ -371,8 +261,8 @@ def test_vector_and_sparse_targets_follow_the_shares():
     assert torch.equal(ids, indices + 100) and torch.equal(shares, weights)
 
 
-def test_a_partition_of_one_sample_is_left_unmixed():
-    x, out, parts = mixed(batch=9, partition=4)  # partitions of 4, 4 and 1
+def test_a_partition_of_one_sample_is_left_unmixed(bench):
+    x, out, parts = mixed(bench, batch=9, partition=4)  # partitions of 4, 4 and 1
     single = int(parts[-1])
     torch.testing.assert_close(out.x[single], x[single])
     assert float(out.lam[single]) == 1.0
@@ -385,14 +275,14 @@ def test_matching_gives_each_row_the_output_that_shows_its_sample_most():
     assert match_outputs(block_counts(torch.zeros(1, 3, 1, 1, dtype=torch.long), 3) * absent.unsqueeze(-1), absent)[0, 2] == 2
 
 
-def test_the_same_seed_mixes_the_same():
-    _, first, _ = mixed()
-    _, again, _ = mixed()
+def test_the_same_seed_mixes_the_same(bench):
+    _, first, _ = mixed(bench)
+    _, again, _ = mixed(bench)
     assert torch.equal(first.x, again.x) and torch.equal(first.sources[0], again.sources[0])
 
 
-def test_alpha_zero_leaves_the_batch_as_it_is():
-    x, out, _ = mixed(alpha=0.0)
+def test_alpha_zero_leaves_the_batch_as_it_is(bench):
+    x, out, _ = mixed(bench, alpha=0.0)
     assert torch.equal(out.x, x) and torch.equal(out.lam, torch.ones(10))
 
 

@@ -15,7 +15,8 @@ no host-device synchronisation:
   ``K`` with most slack are kept (:data:`STATE_BUDGET` row labellings: every label of a partition of 20
   on 2 x 2, 8 on 3 x 3, 5 on 4 x 4). The transition between rows is the Hamming distance, taken one
   column at a time, so a row costs ``G`` small min-reductions; the DP is exact whenever at most ``K``
-  labels are eligible (for the Potts problems of the official defaults, 92% of them on 4 x 4).
+  labels are eligible (at the official defaults on 4 x 4, 70-84% of the problems a solve meets:
+  ``docs/comixup.md``).
   Larger grids (``G >= 5``): rows and columns re-solved exactly, as chains over every label, given
   their neighbours (line ICM, from the unaries' argmin; below gco's swap energies on random 6 x 6 and
   8 x 8 Potts problems).
@@ -24,8 +25,9 @@ no host-device synchronisation:
   and the last sweep starts from it and takes an output's proposal only where the objective drops.
   The official code returns its last labelling, which is often worse than ones it passed through
   (the modular penalty ignores that a new use can push another output's use over the threshold).
-* **Restarts.** ``restarts`` random starts per partition run side by side in the batch; the best
-  objective wins. Every second restart proposes with the official *soft* threshold
+* **Restarts.** ``restarts`` random starts per partition and one from the identity (every output its
+  own input, so the result is never worse than not mixing) run side by side in the batch; the best
+  objective wins. Every second start proposes with the official *soft* threshold
   (``2 gamma' (A p - tau')_+``) in its free sweeps: the hard one deadlocks where two outputs must give
   up an input together (each alone would push the other over the threshold), which the soft one walks
   through; its labellings are still judged by the hard objective.
@@ -76,7 +78,8 @@ def solve_comixup(
         problem: the partitions' problems.
         sweeps: passes over the outputs (official ``m_niter``); with 2 or more, the last one starts from
             the best labelling met and keeps only proposals that lower the objective.
-        restarts: random starts per partition, solved side by side; the lowest objective is returned.
+        restarts: random starts per partition, solved side by side with one from the identity labelling;
+            the lowest objective is returned.
         candidates: labels per output the exact row DP considers (``None``: as many as
             :data:`STATE_BUDGET` allows on the grid; the line ICM of larger grids: every label).
         generator: for the random starts (on the problem's device).
@@ -102,9 +105,10 @@ def solve_comixup(
     cost = problem.cost
     n_parts, slots, grid, _ = cost.shape
     device, dtype = cost.device, cost.dtype
-    batch = n_parts * restarts
-    many = problem._replace(cost=cost.repeat_interleave(restarts, 0), compat=problem.compat.repeat_interleave(restarts, 0),
-                            present=problem.present.repeat_interleave(restarts, 0))
+    runs = restarts + 1  # the random starts and, first, the identity
+    batch = n_parts * runs
+    many = problem._replace(cost=cost.repeat_interleave(runs, 0), compat=problem.compat.repeat_interleave(runs, 0),
+                            present=problem.present.repeat_interleave(runs, 0))
     unary = many.cost.permute(0, 2, 3, 1).contiguous()  # (b, G, G, m): the unary of one output
     present = many.present
     keep = present.to(dtype)
@@ -112,18 +116,21 @@ def solve_comixup(
     solve_output = _output_solver(grid, slots, candidates)
 
     # random starts: each present output takes a present input per block, uniformly; absent ones their own slot
-    draw = starts if starts is not None else torch.rand((batch, slots, grid, grid), generator=generator, device=device,
-                                                         dtype=torch.float32)
-    size = present.sum(1).view(batch, 1, 1, 1)
-    labels = torch.minimum((draw * size).long(), size - 1)
-    labels = torch.where(present.view(batch, slots, 1, 1), labels, torch.arange(slots, device=device).view(1, slots, 1, 1))
+    draw = starts if starts is not None else torch.rand((n_parts * restarts, slots, grid, grid), generator=generator,
+                                                         device=device, dtype=torch.float32)
+    size = problem.present.sum(1).repeat_interleave(restarts).view(-1, 1, 1, 1)
+    drawn = torch.minimum((draw * size).long(), size - 1).view(n_parts, restarts, slots, grid, grid)
+    # first, the identity (every output its own input whole): descent from it never ends worse than not mixing
+    own = torch.arange(slots, device=device).view(1, 1, slots, 1, 1)
+    labels = torch.cat([own.expand(n_parts, 1, slots, grid, grid), drawn], 1).flatten(0, 1)
+    labels = torch.where(present.view(batch, slots, 1, 1), labels, own.view(1, slots, 1, 1))
     counts = block_counts(labels, slots, dtype) * keep.unsqueeze(-1)  # (b, output, input)
     energy = _output_energies(labels, unary, beta) * keep  # (b, m): unary + smoothness of each output
     total = energy.sum(1)
     value = total + diversity(counts, many)
     best, best_labels = value.clone(), labels.clone()
     compat_t = many.compat.transpose(1, 2)
-    softened = (torch.arange(batch, device=device) % restarts % 2 == 1).view(batch, 1)
+    softened = (torch.arange(batch, device=device) % runs % 2 == 1).view(batch, 1)
 
     for sweep in range(sweeps):
         polish = sweeps > 1 and sweep == sweeps - 1
@@ -137,7 +144,7 @@ def solve_comixup(
             others = counts.sum(1) - counts[:, j]
             pressure = (others.unsqueeze(1) @ compat_t).squeeze(1)  # (A p)_i
             over = torch.where(pressure > tau, pressure, 0.0)
-            if not polish:  # odd restarts: the soft threshold (the official's other option), which lets outputs
+            if not polish:  # odd starts: the soft threshold (the official's other option), which lets outputs
                 over = torch.where(softened, (pressure - tau).clamp_min(0.0), over)  # step over the threshold together
             penalty = (2.0 * gamma) * over
             proposal, penalised = solve_output(unary + penalty.view(batch, 1, 1, slots), beta)
@@ -157,10 +164,10 @@ def solve_comixup(
                 best = torch.where(better, value, best)
                 best_labels = torch.where(better.view(batch, 1, 1, 1), labels, best_labels)
     final = labels if sweeps > 1 else best_labels
-    objective = comixup_objective(final, many).view(n_parts, restarts)
+    objective = comixup_objective(final, many).view(n_parts, runs)
     pick = objective.argmin(1)
     rows = torch.arange(n_parts, device=device)
-    chosen = final.view(n_parts, restarts, slots, grid, grid)[rows, pick]
+    chosen = final.view(n_parts, runs, slots, grid, grid)[rows, pick]
     return (chosen, objective[rows, pick]) if return_objective else chosen
 
 
