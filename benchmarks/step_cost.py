@@ -2,16 +2,24 @@
 
 A step is what a training loop pays per batch: ``optimizer.zero_grad()``, ``mix_step`` (the
 mixer's draws, any extra pass, the mixing, the forward and the loss), ``loss.backward()`` and
-``optimizer.step()`` (SGD, momentum 0.9, weight decay 5e-4). Methods: vanilla, mixup, puzzlemix,
-alignmix, manifoldmix and the learned automix, samix and adautomix, with their default (official
-CIFAR) settings, on ``cifar_resnet18`` with a batch of 100 3x32x32 images in [0, 1] and 100
-classes by default. A learned mixer is attached to the model (its EMA teacher and Mix Block)
-and its step's optimizer also updates the Mix Block.
+``optimizer.step()`` (SGD, momentum 0.9, weight decay 5e-4). Methods: vanilla, mixup, every
+model-aware mixer (puzzlemix, alignmix, manifoldmix, attentivemix, guidedmixup, snapmix, comixup,
+transmix, smmix; the learned automix, samix, adautomix and sumix) and tokenmix, with their default
+(official) settings, on ``cifar_resnet18`` with a batch of 100 3x32x32 images in [0, 1] and 100
+classes by default. A method that cannot train the model (TransMix and SMMix on a CNN) is left
+out with a note; ``--model vit_tiny_patch16_224 --model-kwargs '{"img_size": 32, "patch_size": 4}'``
+times them on a ViT (TokenMix then takes the model's patch size). A learned mixer is attached to
+the model (its EMA teacher and Mix Block, SUMix's uncertainty head) and its step's optimizer also
+updates those.
 
 The dynamic methods take a different path at each step (PuzzleMix draws its grid side G,
 AlignMix input mixup or alignment, Manifold Mixup its layer), so each path is timed as a
 **variant** with the draw fixed (``block_nums=(G,)``, ``align_prob`` 0 or 1, ``layers=(k,)``),
 and the method's row is the mean of its variants: the expected step under the uniform draw.
+AttentiveMix's two variants are two set-ups, not draws (its mean row means nothing): the trained
+model's own cells, and OpenMixup's AttentiveMix+ (a frozen ResNet-18 on the batch resized to 224).
+GuidedMixup mixes a batch with probability 0.8 by default; a median over steps would mostly show
+skipped ones, so it is timed with ``prob=1`` (the expected step is ``1 + 0.8 (r - 1)`` times vanilla's).
 
 Timing: every row is warmed up (``--warmup`` steps), then timed **round-robin**, one step per
 row per round, in an order shuffled every round (fixed seed), so load from other processes
@@ -32,6 +40,7 @@ a ``torch.cuda.synchronize()`` on entry and exit on CUDA, which the timed steps 
   ``solve_puzzle``, ``mask_transport`` + ``transport_blocks``, the blend), with the solver and the
   transport also given alone; ``saliency``: the extra forward/backward for the input gradient;
 * AlignMix ``sinkhorn``: the Sinkhorn plan (``feature_cost`` + ``sinkhorn``) on aligned steps;
+* Co-Mixup ``solver``: the batched labelling solve (``solve_comixup``); ``saliency``: its input-gradient pass;
 * AutoMix, SAMix, AdAutoMix: ``mix block`` (its two mask passes) and ``teacher features`` (the
   teacher's pass on the clean batch: stages 1-3; the whole teacher on AdAutoMix's adversarial
   steps). The rest of their step is the teacher on the mixed batch with its input gradient,
@@ -43,12 +52,15 @@ times over their summed step times.
     python benchmarks/step_cost.py                          # CPU, and CUDA when present
     python benchmarks/step_cost.py --device cpu --batch 32 --repeat 5 --threads 1
     python benchmarks/step_cost.py --device cuda --markdown step_cost.md
+    python benchmarks/step_cost.py --device cpu --batch 32 --repeat 5 --threads 1 --model vit_tiny_patch16_224 \
+        --model-kwargs '{"img_size": 32, "patch_size": 4}' --methods vanilla mixup tokenmix transmix smmix
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
 import statistics
 import time
@@ -61,13 +73,15 @@ import openmix
 import openmix.layers.mix_block as mix_block_module
 import openmix.mixers.alignmix as alignmix_module
 import openmix.mixers.automix as automix_module
+import openmix.mixers.comixup.mixer as comixup_module
 import openmix.mixers.puzzlemix.mixer as puzzlemix_module  # where PuzzleMix's step looks up its parts
-from openmix.model_mixer import LearnedMixer
+from openmix.model_mixer import LearnedMixer, trains_with
 from openmix.models import create_model
 from openmix.training import mix_step
 
-METHODS = ("vanilla", "mixup", "puzzlemix", "alignmix", "manifoldmix", "automix", "samix", "adautomix")
-LEARNED = ("automix", "samix", "adautomix")
+METHODS = ("vanilla", "mixup", "puzzlemix", "alignmix", "manifoldmix", "automix", "samix", "adautomix",
+           "attentivemix", "guidedmixup", "snapmix", "sumix", "comixup", "tokenmix", "transmix", "smmix")
+LEARNED = ("automix", "samix", "adautomix")  # the Mix Block's parts are timed
 
 
 @dataclass
@@ -89,7 +103,8 @@ class Row:
         return statistics.median(self.times) * 1e3
 
 
-def variants(method: str, num_classes: int, image_size: int, seed: int) -> list[tuple[str, Any]]:
+def variants(method: str, num_classes: int, image_size: int, seed: int,
+             model: torch.nn.Module | None = None) -> list[tuple[str, Any]]:
     """``(variant label, mixer)`` for ``method``: one per value of its per-step draw."""
     common = {"num_classes": num_classes, "seed": seed}
     if method == "vanilla":
@@ -104,7 +119,20 @@ def variants(method: str, num_classes: int, image_size: int, seed: int) -> list[
                 for label, p in (("aligned", 1.0), ("input mixup", 0.0))]
     if method == "manifoldmix":
         return [(f"layer {k}", openmix.build("manifoldmix", layers=(k,), **common)) for k in (0, 1, 2)]
-    if method in LEARNED:
+    if method == "attentivemix":  # the trained model's cells, or OpenMixup's: a ResNet-18's at 224 px (random weights)
+        import timm
+
+        resnet = timm.create_model("resnet18", pretrained=False, num_classes=0)
+        return [("own model", openmix.build("attentivemix", **common)),
+                ("ResNet-18, 224 px", openmix.build("attentivemix", use_alpha=True, alpha=2.0, attention_model=resnet,
+                                                    attention_size=224, **common))]
+    if method == "guidedmixup":  # its default prob is 0.8: time a mixing step (a skipped one is vanilla's)
+        return [("prob 1", openmix.build("guidedmixup", prob=1.0, **common))]
+    if method == "tokenmix":  # the model's patches where it has them
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
+        return [("", openmix.build("tokenmix", patch_size=tuple(patch) if not isinstance(patch, int) else patch,
+                                   **common))]
+    if method in METHODS:
         return [("", openmix.build(method, **common))]
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
@@ -140,15 +168,16 @@ class Step:
 
 
 def state_mb(model: torch.nn.Module, mixer: Any) -> float:
-    """MB a run holds between steps: weights + gradients + SGD momentum (3x), buffers, a learned mixer's
-    teacher (weights and buffers) and Mix Block (3x)."""
+    """MB a run holds between steps: weights + gradients + SGD momentum (3x) and buffers, and the mixer's
+    own: its trainable parameters (a Mix Block, SUMix's head) 3x, its frozen ones (an EMA teacher) and buffers."""
     def size(tensors: Any) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     total = 3 * size(model.parameters()) + size(model.buffers())
-    if isinstance(mixer, LearnedMixer):
-        total += size(mixer.teacher.parameters()) + size(mixer.teacher.buffers())
-        total += 3 * size(mixer.mix_block.parameters()) + size(mixer.mix_block.buffers())
+    if isinstance(mixer, torch.nn.Module):
+        params = list(mixer.parameters())
+        total += 3 * size(p for p in params if p.requires_grad) + size(p for p in params if not p.requires_grad)
+        total += size(mixer.buffers())
     return total / 2**20
 
 
@@ -174,6 +203,8 @@ def part_timers(device: torch.device) -> Iterator[dict[str, float]]:
         (alignmix_module, "sinkhorn", "sinkhorn"),
         (mix_block_module.MixBlock, "forward", "mix block"),
         (automix_module.AutoMix, "_teacher_features", "teacher features"),  # SAMix's and AdAutoMix's too
+        (comixup_module, "solve_comixup", "solver"),
+        (comixup_module, "_saliency_pass", "saliency"),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
 
@@ -211,16 +242,21 @@ def peak_memory_mb(step: Step, mixer: Any, device: torch.device) -> float | None
 
 def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=args.num_classes).to(device).train()
+    model = create_model(args.model, num_classes=args.num_classes, **args.model_kwargs).to(device).train()
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
     step = Step(model, x, y)
-    rows = [Row(method, variant, mixer) for method in args.methods
-            for variant, mixer in variants(method, args.num_classes, args.size, seed=0)]
+    methods = [m for m in args.methods if m == "vanilla" or trains_with(openmix.build(m, num_classes=args.num_classes),
+                                                                          create_model(args.model, num_classes=args.num_classes,
+                                                                                       **args.model_kwargs))]
+    for method in sorted(set(args.methods) - set(methods), key=args.methods.index):
+        print(f"{method}: left out, it cannot train {args.model} (its check refuses the model)", flush=True)
+    rows = [Row(method, variant, mixer) for method in methods
+            for variant, mixer in variants(method, args.num_classes, args.size, seed=0, model=model)]
     for i, row in enumerate(rows):
         row.order = i
-        if row.method in LEARNED:
+        if isinstance(row.mixer, LearnedMixer):
             step.add_learned(row.mixer)
         row.state_mb = state_mb(model, row.mixer)
     for row in rows:
@@ -250,6 +286,7 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
 SHOWN_PARTS = {
     "puzzlemix": ("masks+transport", "solver", "transport", "saliency"),
     "alignmix": ("sinkhorn",),
+    "comixup": ("solver", "saliency"),
     **{method: ("mix block", "teacher features") for method in LEARNED},
 }
 
@@ -304,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", default="cifar_resnet18", help="model name (default cifar_resnet18)")
+    parser.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help="keyword arguments of the model, e.g. '{\"img_size\": 32, \"patch_size\": 4}' for a ViT")
     parser.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
     parser.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
@@ -311,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser.add_argument("--repeat", type=int, default=20, help="timed rounds, one step per row each (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default 2)")
     parser.add_argument("--parts", type=int, default=3,
-                        help="instrumented steps per PuzzleMix/AlignMix/learned variant for the time shares (default 3; 0: none)")
+                        help="instrumented steps per PuzzleMix/AlignMix/Co-Mixup/learned variant for the time shares (default 3; 0: none)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default: all)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a loaded shared machine")

@@ -347,7 +347,7 @@ def test_registered_as_a_feature_mixer_with_a_repr():
 
 
 def test_step_cost_benchmark_prints_a_table(capsys):
-    """benchmarks/step_cost.py on a tiny model: every method and variant gets a row."""
+    """benchmarks/step_cost.py on a tiny CNN: every method that trains it and each variant gets a row."""
     from test_benchmark import script
 
     with script("step_cost") as bench:
@@ -357,8 +357,10 @@ def test_step_cost_benchmark_prints_a_table(capsys):
         ("vanilla", ""), ("mixup", ""), ("puzzlemix", "G=2"), ("puzzlemix", "G=4"), ("puzzlemix", "G=8"),
         ("alignmix", "aligned"), ("alignmix", "input mixup"),
         ("manifoldmix", "layer 0"), ("manifoldmix", "layer 1"), ("manifoldmix", "layer 2"),
-        ("automix", ""), ("samix", ""), ("adautomix", "")]
+        ("automix", ""), ("samix", ""), ("adautomix", ""), ("attentivemix", "own model"), ("attentivemix", "ResNet-18, 224 px"), ("guidedmixup", "prob 1"), ("snapmix", ""),
+        ("sumix", ""), ("comixup", ""), ("tokenmix", "")]  # not transmix, smmix: they need a ViT
     assert all(r.ms > 0 for r in rows)
     assert rows[5].parts["sinkhorn"] > 0 and "masks+transport" in rows[2].parts
     text = capsys.readouterr().out
     assert "| **alignmix** | mean |" in text and "sinkhorn" in text and "masks+transport" in text
+    assert "transmix: left out, it cannot train small_convnet" in text

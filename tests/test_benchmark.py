@@ -94,6 +94,18 @@ def test_step_cost_times_the_learned_mixers_against_vanilla(capsys):
     assert "| **automix** |" in text and "| **adautomix** |" in text
 
 
+def test_step_cost_times_the_vit_mixers_on_a_vit(capsys):
+    with script("step_cost") as module:
+        out = module.main(["--device", "cpu", "--batch", "2", "--size", "16", "--num-classes", "4", "--repeat", "1",
+                           "--warmup", "1", "--parts", "1", "--model", "vit_tiny_patch16_224", "--model-kwargs",
+                           '{"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}',
+                           "--methods", "vanilla", "tokenmix", "transmix", "smmix", "sumix"])
+    rows = {r.method: r for r in out["cpu"]}
+    assert set(rows) == {"vanilla", "tokenmix", "transmix", "smmix", "sumix"}
+    assert rows["tokenmix"].mixer.patch_size == (4, 4)  # the model's patches
+    assert rows["sumix"].state_mb > rows["vanilla"].state_mb  # its uncertainty head is held too
+
+
 def test_step_memory_runs_each_method_in_its_own_process(capsys):
     with script("step_memory") as module:
         rows = module.main(["--batch", "2", "--methods", "vanilla", "automix"])
