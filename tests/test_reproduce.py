@@ -40,7 +40,8 @@ CIFAR_DATA = {"num_classes": 100, "image_size": 32, "padding": 4, "padding_mode"
 # (not in published.md: the experiment files and the README say so).
 LEARNED_FLOOR = {"automix": 0.05, "samix": 0.05}
 # OpenMixup's AttentiveMix+ in every table: k from Beta(alpha, alpha), the cells of a frozen torchvision
-# ImageNet ResNet-18 (timm's resnet18.tv_in1k) on the batch resized to 224 (its attentivemix configs).
+# ImageNet ResNet-18 (timm's resnet18.tv_in1k) on the batch resized to 224 (r18_attentivemix_CE_none.py;
+# its ViT configs take a ResNet-50).
 ATTENTIVEMIX_PLUS = {"use_alpha": True, "attention_model": "resnet18.tv_in1k", "attention_size": 224}
 # published.md, "Method recipes": PuzzleMix block_num {2, 4, 8, 16} (null: those that divide the
 # image side), beta 1.2, gamma 0.5 over neigh_size 4, eta 0.2, n_labels 3, t_eps 0.8, transport on;
@@ -101,7 +102,7 @@ VIT_DATA = {"num_classes": 100, "image_size": 224, "padding": 4, "mean": CIFAR_D
 VIT_LEARNED = {"end_momentum": 0.99996, "momentum_hold": 0.25, "mask_loss_anneal": True, "min_lr": 1e-4,
                "upsample": "nearest"}
 VIT_MIXERS = {
-    "attentivemix": ATTENTIVEMIX_PLUS,
+    "attentivemix": {**ATTENTIVEMIX_PLUS, "attention_model": "resnet50.tv_in1k"},  # deit_s_attentivemix_a2_*.py
     "resizemix": {"use_alpha": True},
     "puzzlemix": {"t_size": -1, "block_nums": [2, 4, 8]},
     "random_choice": {"mixers": None, "p": None},
