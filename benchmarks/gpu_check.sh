@@ -5,7 +5,9 @@
 #   2. the mixer benchmark on CUDA, every openmix call inside set_sync_debug_mode("error");
 #   3. a short Fashion-MNIST training on the GPU-resident data path, reporting images/s;
 #   4. the training-step cost of the model-aware and learned mixers on CUDA (time and peak memory);
-#   5. PuzzleMix's mask solver and transport alone on CUDA, per grid side.
+#   5. PuzzleMix's mask solver and transport alone on CUDA, per grid side;
+#   6. the training-step cost of the transformer mixers on a ViT-Tiny on CUDA;
+#   7. Co-Mixup's batched solver on CUDA (and its quality against the official solver, on the CPU).
 # Output: benchmarks/results/gpu_check_<device>.md (or under $OUT when set, as on the device machine).
 # Needs openmix installed (`pip install -e ".[dev]"`, or PYTHONPATH) and, for step 3, Fashion-MNIST
 # (Debian's dataset-fashion-mnist, or FMNIST_ROOT pointing at the IDX files).
@@ -51,5 +53,17 @@ runs=$(mktemp -d)
   echo '```'
   timeout 60 python benchmarks/puzzlemix_solver.py --device cuda --repeats 9 2>&1 | tail -n 9
   echo '```'
+  echo
+  echo "## 6. Transformer mixers' step cost on CUDA (step_cost.py --model vit_tiny_patch16_224, 4-px patches)"
+  echo
+  timeout 120 python benchmarks/step_cost.py --device cuda --repeat 10 --model vit_tiny_patch16_224 \
+    --model-kwargs '{"img_size": 32, "patch_size": 4}' --methods vanilla mixup manifoldmix automix tokenmix transmix \
+    smmix sumix --markdown "$runs/vit.md" >/dev/null 2>"$runs/vit.err" \
+    && cat "$runs/vit.md" || { echo "FAILED:"; echo '```'; tail -n 30 "$runs/vit.err"; echo '```'; }
+  echo
+  echo "## 7. Co-Mixup's solver on CUDA (python benchmarks/comixup_solver.py --device cuda)"
+  echo
+  timeout 120 python benchmarks/comixup_solver.py --device cuda --markdown "$runs/comixup.md" >/dev/null \
+    2>"$runs/comixup.err" && cat "$runs/comixup.md" || { echo "FAILED:"; echo '```'; tail -n 30 "$runs/comixup.err"; echo '```'; }
 } 2>&1 | tee "$report"
 echo "wrote $report"
