@@ -20,6 +20,7 @@ __all__ = [
     "binary_cross_entropy",
     "decoupled_mixup_loss",
     "softmax_bce",
+    "clean_loss_weight",
     "sparse_cross_entropy",
     "dense_cross_entropy",
     "model_mixer_loss",
@@ -270,6 +271,29 @@ def model_mixer_loss(name: str, criterion: Criterion) -> Criterion:
     if name == "bce":
         return softmax_bce
     raise ValueError(f"loss must be one of {MODEL_MIXER_LOSSES}, got {name!r}")
+
+
+def clean_loss_weight(clean_lam: float, num_classes: int | None, loss: str) -> float:
+    """The weight of the clean batch's CE that a saliency pass adds to the step (PuzzleMix, Co-Mixup,
+    GuidedMixup ``clean_lam``).
+
+    The official code adds ``2 * clean_lam / num_classes * CE`` beside its main loss, the BCE of the
+    softmax (``loss="bce"``), which is about ``CE / num_classes``: the clean term weighs about
+    ``2 * clean_lam`` times the main loss. Beside the soft CE (``loss="soft_ce"``) the same ratio is
+    ``2 * clean_lam``; the official number there would make the clean term ``num_classes`` times weaker.
+
+    Example:
+        >>> clean_loss_weight(1.0, 100, "bce"), clean_loss_weight(1.0, 100, "soft_ce"), clean_loss_weight(0.0, 100, "bce")
+        (0.02, 2.0, 0.0)
+    """
+    if clean_lam <= 0:
+        return 0.0
+    if loss == "bce":
+        if num_classes is None:
+            raise ValueError("clean_lam > 0 with loss='bce' weighs the clean loss by 2 * clean_lam / num_classes: "
+                             "pass num_classes")
+        return 2.0 * clean_lam / num_classes
+    return 2.0 * clean_lam
 
 
 class _Loss(nn.Module):

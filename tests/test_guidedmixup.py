@@ -224,7 +224,7 @@ def test_bce_loss_is_the_official_bce_on_softmax():
 def test_clean_lam_adds_the_clean_loss_of_the_saliency_pass():
     model, (x, y) = tiny_convnet(), seeded_batch()
     step = mix_step(model, guided(clean_lam=1.0), x, y)
-    clean = 2.0 / NUM_CLASSES * soft_cross_entropy(model(x), soft_targets(y, NUM_CLASSES))
+    clean = 2.0 * soft_cross_entropy(model(x), soft_targets(y, NUM_CLASSES))  # beside the soft CE (clean_loss_weight)
     torch.testing.assert_close(step.loss, soft_cross_entropy(step.logits, step.mix.y) + clean)
 
 

@@ -351,7 +351,19 @@ def test_clean_lam_adds_the_train_mode_clean_loss():
     twin.load_state_dict(model.state_dict())
     step = mix_step(model, mixer, x, y)
     mixed = openmix.losses.soft_cross_entropy(step.logits, step.mix.y)
-    clean = 2.0 / NUM_CLASSES * F.cross_entropy(twin.train()(x), y)
+    clean = 2.0 * F.cross_entropy(twin.train()(x), y)  # beside the soft CE: the official ratio (clean_loss_weight)
+    torch.testing.assert_close(step.loss, mixed + clean)
+
+
+def test_beside_the_official_bce_the_clean_loss_has_the_official_weight():
+    torch.manual_seed(2)
+    model, mixer = tiny_model(), puzzlemix(block_nums=(4,), seed=4, clean_lam=1.0, loss="bce")
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % NUM_CLASSES
+    twin = tiny_model()
+    twin.load_state_dict(model.state_dict())
+    step = mix_step(model, mixer, x, y)
+    mixed = torch.nn.BCELoss()(step.logits.softmax(1), step.mix.y)
+    clean = 2.0 / NUM_CLASSES * F.cross_entropy(twin.train()(x), y)  # main.py: 2 * clean_lam / num_classes
     torch.testing.assert_close(step.loss, mixed + clean)
 
 

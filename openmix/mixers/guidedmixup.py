@@ -31,6 +31,9 @@ One step (:meth:`GuidedMixup.step`), as the official code (``3neutronstar/Guided
 - *No division by zero.* An all-zero map normalises to a uniform one, a pixel where both maps are 0
   takes 0.5 (the official code has no epsilon and gives NaN).
 - *Label weights per sample*, as the official code; OpenMixup collapses them to the batch mean.
+- *The trainer's loss by default* (``loss="soft_ce"``, OpenMixup's way, as every openmix model-aware
+  mixer); ``loss="bce"`` is the official BCE of the softmax. ``clean_lam`` keeps the official ratio of the
+  clean term to the main loss under either (:func:`~openmix.losses.clean_loss_weight`).
 
 Example:
     >>> import torch, openmix
@@ -51,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.checks import check_bool, check_int, check_number
-from openmix.losses import Criterion, model_mixer_loss, soft_cross_entropy
+from openmix.losses import Criterion, clean_loss_weight, model_mixer_loss, soft_cross_entropy
 from openmix.mixer import Draws, Params, blend, gather_partner
 from openmix.mixers.puzzlemix.saliency import _saliency_pass
 from openmix.mixers.saliencymix import _blur, spectral_residual_saliency
@@ -176,8 +179,9 @@ class GuidedMixup(ModelMixer):
             CIFAR code's actual random pairing).
         blur_size, blur_sigma: Gaussian blur of the input-gradient saliency before the normalisation (7, 3;
             ``blur_size=0``: none). The spectral residual comes blurred by its own detector, once.
-        clean_lam: weight of the clean loss ``2 * clean_lam / num_classes * CE`` taken from the saliency
-            pass (``"ap"``; official Tiny-ImageNet: 1), whose gradient is then kept.
+        clean_lam: weight of the clean loss taken from the saliency pass (``"ap"``; official Tiny-ImageNet: 1)
+            (:func:`~openmix.losses.clean_loss_weight`: the official ``2 * clean_lam / num_classes * CE`` beside ``loss="bce"``,
+            ``2 * clean_lam * CE`` beside the soft CE, the same ratio to the main loss), whose gradient is then kept.
         loss: ``"soft_ce"`` (the ``criterion`` of :meth:`step`) or ``"bce"`` (official: BCE of the softmax
             against the mixed targets, :func:`~openmix.losses.softmax_bce`).
         prob: probability of mixing, per batch (``batch``) or per sample (``elem``): official 0.8 (AP), 0.5 (SR).
@@ -225,7 +229,7 @@ class GuidedMixup(ModelMixer):
             raise ValueError("blur_sigma must be > 0 for a blur (blur_size=0 turns the blur off)")
         self.clean_lam = check_number("clean_lam", clean_lam, low=0.0)
         if self.clean_lam > 0 and (saliency != "ap" or num_classes is None):
-            raise ValueError("clean_lam > 0 weighs the clean loss of the saliency pass by 2 * clean_lam / num_classes: "
+            raise ValueError("clean_lam > 0 adds the clean loss of the saliency pass, of class-id labels: "
                              "it needs saliency='ap' and num_classes")
         model_mixer_loss(loss, soft_cross_entropy)  # checks the name
         self.loss = loss
@@ -258,7 +262,7 @@ class GuidedMixup(ModelMixer):
         """Saliency (a pass of the model for ``"ap"``), greedy pairing, the mix, and the loss on it."""
         clean = None
         if self.saliency == "ap":
-            weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
+            weight = clean_loss_weight(self.clean_lam, self.num_classes, self.loss)
             raw, _, clean = _saliency_pass(model, x, soft, clean_weight=weight, eval_mode=not model.training)
             self._pair(params, guided_saliency(raw, self.blur_size, self.blur_sigma))
         else:

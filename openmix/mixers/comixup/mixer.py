@@ -5,8 +5,10 @@ One step (:meth:`CoMixup.step`), as the official code (``snu-mllab/Co-Mixup``: `
 
 1. **Saliency** ``(B, H, W)``: the RMS over channels of the input gradient of the clean batch's loss
    (:func:`~openmix.mixers.puzzlemix.saliency.input_saliency`). With ``clean_lam > 0`` (official: 1) that
-   forward runs in train mode and its loss ``2 * clean_lam / num_classes * CE`` keeps its graph: it is
-   added to the step's loss (the official keeps its parameter gradients); with 0, eval mode, no gradient.
+   forward runs in train mode and its clean CE keeps its graph: it is added to the step's loss (the
+   official keeps its parameter gradients), weighted as :func:`~openmix.losses.clean_loss_weight` says (the
+   official ``2 * clean_lam / num_classes`` beside its BCE, ``2 * clean_lam`` beside the soft CE: the same
+   ratio to the main loss); with 0, eval mode, no gradient.
 2. **Partitions** of ``partition`` samples (official ``m_part`` = 20) of a random permutation of the batch
    (the official takes consecutive samples); a short last partition mixes its own samples only
    (:func:`~openmix.mixers.comixup.objective.comixup_problem`; one sample is left unmixed).
@@ -36,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.checks import check_int, check_number
-from openmix.losses import Criterion, model_mixer_loss, soft_cross_entropy
+from openmix.losses import Criterion, clean_loss_weight, model_mixer_loss, soft_cross_entropy
 from openmix.mixer import Draws, Params
 from openmix.mixers.comixup.objective import block_counts, comixup_problem
 from openmix.mixers.comixup.solver import RESTARTS, SWEEPS, solve_comixup
@@ -68,8 +70,9 @@ class CoMixup(ModelMixer):
         eta: weight of the prior (official ``m_eta`` 0.05).
         thres: the hard threshold of the diversity term, in images (official ``m_thres`` 0.83).
         omega: weight of the saliency-distance compatibility (official ``m_omega`` 0.001).
-        clean_lam: weight of the clean loss ``2 * clean_lam / num_classes * CE`` of the saliency pass
-            (official 1.0; 0: the pass runs in eval mode and adds nothing).
+        clean_lam: weight of the clean loss of the saliency pass (official 1.0; 0: the pass runs in eval mode
+            and adds nothing) (:func:`~openmix.losses.clean_loss_weight`: the official ``2 * clean_lam / num_classes * CE`` beside ``loss="bce"``,
+            ``2 * clean_lam * CE`` beside the soft CE, the same ratio to the main loss).
         loss: ``"soft_ce"`` (the ``criterion`` of :meth:`step`) or ``"bce"`` (official: BCE of the softmax,
             :func:`~openmix.losses.softmax_bce`).
         sweeps, restarts, candidates: the solver's (:func:`~openmix.mixers.comixup.solver.solve_comixup`).
@@ -123,7 +126,7 @@ class CoMixup(ModelMixer):
         check_number("omega", omega, low=0.0, high=1.0)
         model_mixer_loss(loss, soft_cross_entropy)  # checks the name
         if clean_lam > 0 and num_classes is None:
-            raise ValueError("clean_lam > 0 weighs the clean loss by 2 * clean_lam / num_classes: pass num_classes")
+            raise ValueError("clean_lam > 0 adds the clean loss of class-id labels: pass num_classes")
         self.block_num = nums[0] if len(nums) == 1 else nums
         self._block_nums = nums
         self.partition = check_int("partition", partition, 1)
@@ -158,7 +161,7 @@ class CoMixup(ModelMixer):
 
     def mixed_step(self, model: nn.Module, x: Tensor, soft: Tensor, params: Params, criterion: Criterion) -> StepResult:
         """Saliency pass (with the clean loss when ``clean_lam > 0``), labellings, mixing, loss on the mixed batch."""
-        weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
+        weight = clean_loss_weight(self.clean_lam, self.num_classes, self.loss)
         saliency, _, clean = _saliency_pass(model, x, soft, clean_weight=weight, eval_mode=weight == 0)
         params["saliency"] = saliency
         out = self.apply_params(x, soft, params)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.checks import check_number
-from openmix.losses import Criterion, model_mixer_loss, soft_cross_entropy
+from openmix.losses import Criterion, clean_loss_weight, model_mixer_loss, soft_cross_entropy
 from openmix.mixer import DataInfo, Draws, Params, gather_partner
 from openmix.mixers.puzzlemix.energy import block_saliency, puzzle_problem
 from openmix.pixels import denormalize, normalize
@@ -73,8 +73,9 @@ class PuzzleMix(ModelMixer):
         t_eps: distance weight of the transport cost.
         t_size: transport cell side (pixels); ``-1`` = the block. The transport holds ``2 B N^2``
             floats for ``N`` cells, so small cells on large images warn once above 2 GiB.
-        clean_lam: weight of the clean loss ``2 * clean_lam / num_classes * CE`` (official
-            Tiny-ImageNet: 1); its forward runs in train mode and its gradient is kept.
+        clean_lam: weight of the clean loss of the saliency pass (official Tiny-ImageNet: 1)
+            (:func:`~openmix.losses.clean_loss_weight`: the official ``2 * clean_lam / num_classes * CE`` beside ``loss="bce"``,
+            ``2 * clean_lam * CE`` beside the soft CE, the same ratio to the main loss); its forward runs in train mode and its gradient is kept.
         adv_p: probability of the adversarial step, drawn once per side (own, partner).
         adv_eps: its radius in pixel units of 1/255.
         loss: ``"soft_ce"`` (the ``criterion`` of :meth:`step`, OpenMixup) or ``"bce"``
@@ -143,7 +144,7 @@ class PuzzleMix(ModelMixer):
         if solver_iters is not None and (isinstance(solver_iters, bool) or not isinstance(solver_iters, int) or solver_iters < 0):
             raise ValueError(f"solver_iters must be None or an integer >= 0, got {solver_iters!r}")
         if clean_lam > 0 and num_classes is None:
-            raise ValueError("clean_lam > 0 weighs the clean loss by 2 * clean_lam / num_classes: pass num_classes")
+            raise ValueError("clean_lam > 0 adds the clean loss of class-id labels: pass num_classes")
         self.block_nums = nums
         self.beta, self.gamma, self.eta = float(beta), float(gamma), float(eta)
         self.neigh_size, self.n_labels = neigh_size, n_labels
@@ -196,7 +197,7 @@ class PuzzleMix(ModelMixer):
             noisy = (pixels + params["adv_start"]).clamp_(0.0, 1.0)
             noise = noisy - pixels
             x_sal = normalize(noisy, mean, std).to(x.dtype)
-        weight = 2.0 * self.clean_lam / self.num_classes if self.clean_lam > 0 else 0.0
+        weight = clean_loss_weight(self.clean_lam, self.num_classes, self.loss)
         saliency, grad, clean = _saliency_pass(model, x_sal, soft, clean_weight=weight, eval_mode=weight == 0)
         params["saliency"] = saliency
         if noise is not None:  # one FGSM step along the saliency gradient, scaled by u ~ U(0, 1)
