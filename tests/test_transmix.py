@@ -68,6 +68,19 @@ def test_the_step_weighs_each_sample_by_the_attention_of_the_mixed_batch():
     torch.testing.assert_close(step.mix.y, lam * onehot + (1 - lam) * onehot[step.mix.index])
 
 
+def test_the_area_term_is_the_boxs_kept_area_even_without_correct_lam():
+    """CutMix's lam is its draw when correct_lam is off (a box clipped at the border covers less);
+    the official TransMix weighs the box's real area."""
+    model, (x, y) = peaky_vit(), seeded_batch(n=16)
+    mixer = openmix.build("transmix", num_classes=NUM_CLASSES, mode="elem", correct_lam=False, seed=2)
+    step = mix_step(model, mixer, x, y)
+    attention = timm_attention(model, step.mix.x)[:, :, 0, 1:].mean(1)
+    area = step.mix.mask.flatten(1).mean(1)
+    torch.testing.assert_close(step.mix.lam, transmix_lam(area, pasted_tokens(step.mix.mask, (4, 4)), attention))
+    drawn = openmix.build("cutmix", num_classes=NUM_CLASSES, mode="elem", correct_lam=False, seed=2)(x, y).lam
+    assert bool((drawn - area).abs().max() > 1e-3)  # some box was clipped: the draw is not the area
+
+
 def test_batch_mode_keeps_a_label_weight_per_sample():
     """One box for the batch, but each sample's own attention: the weights are not collapsed to their mean
     (OpenMixup's loss does that)."""
