@@ -128,6 +128,14 @@ def test_a_step_is_a_clean_eval_pass_without_gradients_then_the_mixed_forward():
     assert seen == [(False, False), (True, True)] and model.training
 
 
+def test_each_submodule_keeps_its_own_mode_after_the_clean_pass():
+    model, (x, y) = peaky_vit(), seeded_batch()
+    model.train()
+    model.blocks[0].eval()  # a block left in eval on purpose (e.g. frozen) stays so
+    mix_step(model, openmix.build("smmix", num_classes=NUM_CLASSES, seed=0), x, y)
+    assert model.training and not model.blocks[0].training and model.blocks[1].training
+
+
 def test_a_model_in_eval_mode_stays_in_it():
     model, (x, y) = peaky_vit().eval(), seeded_batch()
     mix_step(model, openmix.build("smmix", num_classes=NUM_CLASSES, seed=0), x, y)

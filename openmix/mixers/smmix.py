@@ -48,6 +48,7 @@ from openmix.checks import check_number
 from openmix.losses import Criterion
 from openmix.mixer import Draws, Params, blend, gather_partner, no_autocast
 from openmix.mixers.transmix import capture_attention, last_attention, token_grid, vit_parts
+from openmix.mixers.puzzlemix.saliency import _modes
 from openmix.model_mixer import ModelMixer
 from openmix.output import Layout, StepResult
 from openmix.registry import register
@@ -236,13 +237,8 @@ class SMMix(ModelMixer):
         name = type(self).__name__
         parts = vit_parts(model, name, class_token=False)
         rows, cols = token_grid(parts, x)
-        training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), capture_attention(parts, "patch_mean") as seen:
-                clean = model(x)
-        finally:
-            model.train(training)
+        with torch.no_grad(), _modes(model, False), capture_attention(parts, "patch_mean") as seen:
+            clean = model(x)  # eval mode; each submodule's own mode back after
         attention = last_attention(seen, (rows, cols), name).view(-1, rows, cols)
         index, side = params["index"], params["side"]
         batch = side.shape[0]
