@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import openmix
 from helpers import seeded_batch, tiny_convnet
 from openmix.mixers.sumix import corrected_lam, semantic_distance, uncertainty_loss
+from openmix.models import create_model
 from openmix.targets import soft_targets
 from openmix.training import mix_step
 
@@ -59,6 +60,19 @@ def passes(model, mixer, x):
     features = model.forward_features(x)
     u = F.normalize(mixer.uncertainty(model.forward_head(features, pre_logits=True)).softmax(1), dim=1)
     return model.forward_head(features), u
+
+
+def test_both_heads_read_one_draw_of_the_head_dropout():
+    torch.manual_seed(0)
+    model = create_model("small_convnet", num_classes=NUM_CLASSES, in_chans=1, widths=(8, 8, 8), drop_rate=0.5)
+    _, mixer = attached(model)
+    x, _ = seeded_batch()
+    torch.manual_seed(1)
+    logits, u = mixer._forward(model, x)
+    torch.manual_seed(1)  # the same dropout draw: the pooled features the two heads saw
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(logits, model.get_classifier()(pooled))
+    torch.testing.assert_close(u, F.normalize(mixer.uncertainty(pooled).softmax(1), dim=1))
 
 
 # ------------------------------------------------------------------------ the terms by hand

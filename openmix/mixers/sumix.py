@@ -275,10 +275,13 @@ class SUMix(LearnedMixer):
 
     # ------------------------------------------------------------------ internals
     def _forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The model's logits of ``x`` and the uncertainty ``l2norm(softmax(W_u f))`` of its pooled features."""
+        """The model's logits of ``x`` and the uncertainty ``l2norm(softmax(W_u f))`` of its pooled features ``f``,
+        both heads on the same ``f`` (one head-dropout draw, as the official ``fc`` and ``uncertain``) where the
+        model names its classifier (timm's ``get_classifier``)."""
         features = model.forward_features(x)
-        logits = model.forward_head(features)
         pooled = model.forward_head(features, pre_logits=True)
+        classifier = getattr(model, "get_classifier", None)
+        logits = classifier()(pooled) if callable(classifier) else model.forward_head(features)
         return logits, F.normalize(self.uncertainty(pooled).softmax(1), dim=1)
 
     def _build_base(self, spec: BaseSpec) -> Mixer:

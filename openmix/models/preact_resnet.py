@@ -131,6 +131,10 @@ class PreActResNet(nn.Module):
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.fc(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's name): ``forward_head(x) == get_classifier()(forward_head(x, pre_logits=True))``."""
+        return self.fc
+
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
         return self.forward_head(self.forward_features(x))

@@ -75,6 +75,10 @@ class SmallConvNet(nn.Module):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's name): ``forward_head(x) == get_classifier()(forward_head(x, pre_logits=True))``."""
+        return self.fc
+
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
