@@ -28,7 +28,10 @@ mean, ``mask * x + (1 - mask) * x[perm]``, ``lam`` the mask's mean; its config's
 attention is the channel mean (OpenMixup), not one channel; the attention network always runs in eval mode
 (OpenMixup's runs its pretrained BatchNorm in train mode, so its statistics drift); the mask is made for the
 whole batch at once, with no loop. The attention network sees the batch as the step gets it: normalise it
-for a pretrained network inside the module you pass.
+for a pretrained network inside the module you pass. Without an ``attention_model`` (the default, so that
+nothing is downloaded) the attention is the trained model's, which neither reference does, at the batch's
+own size: a CIFAR ResNet at 32 px gives a 4 x 4 grid, where ``top_k=6`` keeps 6/16 of the image instead of
+6/49; the experiments reproduce OpenMixup's AttentiveMix+ with a pretrained network at 224 px.
 
 **The attention network.** Pass a module (``timm.create_model("resnet18", pretrained=True, num_classes=0,
 in_chans=1)``: timm folds the RGB filters for grey images), or a timm model name: ``attention_model=

@@ -30,6 +30,9 @@ TokenMix branch, and what openmix does:
    sum to 1. (OpenMixup uses the attention of an extra forward instead, crediting each image with
    the attention of the tokens it *lost*, and collapses the weights to their batch mean.)
 
+Partners come from the common ``pairing`` (random by default; ``pairing="flip"`` is the official
+``x.flip(0)``), and the loss is the trainer's (the official trains with BCE).
+
 The official recipe switches per batch between this and mixup (``switch_prob`` 0.5, mixup alpha
 0.8): ``openmix.build("random_choice", mixers=[{"name": "mixup", "alpha": 0.8}, "tokenmix"])``.
 TokenMix needs no model, so it is an input mixer: give it the model's patch size.
