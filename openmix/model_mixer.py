@@ -119,6 +119,14 @@ class ModelMixer(Mixer):
         logits = model(x)
         return StepResult(self.loss_for(criterion)(logits, soft), logits, MixOutput.identity(x, soft))
 
+    def train_on_mix(self, model: nn.Module, out: MixOutput, criterion: Criterion,
+                     extra: Tensor | None = None) -> StepResult:
+        """The step's result on the mixed batch ``out``: the model's logits of ``out.x``, this mixer's loss
+        (:meth:`loss_for`) against ``out.y``, plus ``extra`` (e.g. a saliency pass's clean loss) when given."""
+        logits = model(out.x)
+        loss = self.loss_for(criterion)(logits, out.y)
+        return StepResult(loss if extra is None else loss + extra, logits, out)
+
     def check_model(self, model: nn.Module) -> nn.Module:
         """The model the step runs; raise ``TypeError`` if it lacks what this mixer needs (here: nothing)."""
         return model

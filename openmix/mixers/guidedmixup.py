@@ -267,10 +267,7 @@ class GuidedMixup(ModelMixer):
             self._pair(params, guided_saliency(raw, self.blur_size, self.blur_sigma))
         else:
             self._pair(params, spectral_residual(x))
-        out = self.apply_params(x, soft, params)
-        logits = model(out.x)
-        loss = self.loss_for(criterion)(logits, out.y)
-        return StepResult(loss if clean is None else loss + clean, logits, out)
+        return self.train_on_mix(model, self.apply_params(x, soft, params), criterion, clean)
 
     def loss_for(self, criterion: Criterion) -> Criterion:
         """``criterion`` (``loss="soft_ce"``) or :func:`~openmix.losses.softmax_bce` (``loss="bce"``)."""

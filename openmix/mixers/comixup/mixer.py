@@ -164,12 +164,7 @@ class CoMixup(ModelMixer):
         weight = clean_loss_weight(self.clean_lam, self.num_classes, self.loss)
         saliency, _, clean = _saliency_pass(model, x, soft, clean_weight=weight, eval_mode=weight == 0)
         params["saliency"] = saliency
-        out = self.apply_params(x, soft, params)
-        logits = model(out.x)
-        loss = self.loss_for(criterion)(logits, out.y)
-        if clean is not None:
-            loss = loss + clean
-        return StepResult(loss, logits, out)
+        return self.train_on_mix(model, self.apply_params(x, soft, params), criterion, clean)
 
     def loss_for(self, criterion: Criterion) -> Criterion:
         """``criterion`` (``loss="soft_ce"``) or :func:`~openmix.losses.softmax_bce` (``loss="bce"``)."""

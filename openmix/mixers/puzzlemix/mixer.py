@@ -203,12 +203,7 @@ class PuzzleMix(ModelMixer):
         if noise is not None:  # one FGSM step along the saliency gradient, scaled by u ~ U(0, 1)
             eps, step = self.adv_eps / 255.0, (self.adv_eps + 2.0) / 255.0
             params["noise"] = (noise + step * grad.sign().to(noise.dtype)).clamp_(-eps, eps).mul_(params["adv_coef"])
-        out = self.apply_params(x, soft, params)
-        logits = model(out.x)
-        loss = self.loss_for(criterion)(logits, out.y)
-        if clean is not None:
-            loss = loss + clean
-        return StepResult(loss, logits, out)
+        return self.train_on_mix(model, self.apply_params(x, soft, params), criterion, clean)
 
     def loss_for(self, criterion: Criterion) -> Criterion:
         """``criterion`` (``loss="soft_ce"``) or :func:`~openmix.losses.softmax_bce` (``loss="bce"``)."""
