@@ -247,9 +247,8 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
     x = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
     step = Step(model, x, y)
-    methods = [m for m in args.methods if m == "vanilla" or trains_with(openmix.build(m, num_classes=args.num_classes),
-                                                                          create_model(args.model, num_classes=args.num_classes,
-                                                                                       **args.model_kwargs))]
+    methods = [m for m in args.methods
+               if m == "vanilla" or trains_with(openmix.build(m, num_classes=args.num_classes), model)]
     for method in sorted(set(args.methods) - set(methods), key=args.methods.index):
         print(f"{method}: left out, it cannot train {args.model} (its check refuses the model)", flush=True)
     rows = [Row(method, variant, mixer) for method in methods
