@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import openmix
-from openmix.cli.train import CONFIG_DIR, ConfigError, train, validate
+from openmix.cli.train import CONFIG_DIR, ConfigError, _launching_process, train, validate
 from openmix.data import check_settings
 from openmix.lightning import MixupClassifier
 from openmix.lightning.logging import TrainThroughput
@@ -136,6 +136,17 @@ def test_existing_result_is_skipped(tmp_path):
     stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
     assert run(tmp_path, "+trainer.fast_dev_run=true") == first
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_a_run_another_process_trains_is_skipped_and_left_alone(tmp_path, hold_lock, capsys):
+    holder = hold_lock(tmp_path / "run")
+    assert run(tmp_path, "+trainer.fast_dev_run=true") == {}
+    assert f"another process (pid {holder.pid} on" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["running.lock"]
+    holder.kill()
+    holder.wait()
+    assert run(tmp_path, "+trainer.fast_dev_run=true")["mixer"] == "mixup"  # its holder gone, the run is free
+    assert not (tmp_path / "run" / "running.lock").exists()
 
 
 def test_resumed_run_continues_exactly(tmp_path):
@@ -335,6 +346,24 @@ def test_slurm_launcher_config_composes_on_submitit():
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_parallel_launcher_config_composes_on_joblib():
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=parallel", "hydra.launcher.n_jobs=3"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
+
+
+@pytest.mark.parametrize("rank_variable", ["LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"])
+def test_only_the_launching_process_takes_the_run_lock(monkeypatch, rank_variable):
+    for name in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert _launching_process()
+    monkeypatch.setenv(rank_variable, "0")
+    assert _launching_process()
+    monkeypatch.setenv(rank_variable, "1")  # a DDP rank started for the run: its rank 0 holds the lock
+    assert not _launching_process()
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ A folder whose ``config.yaml`` differs in a defining setting is never skipped or
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -160,20 +161,47 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     ``callbacks``: more Lightning callbacks for the Trainer.
     """
-    import lightning as L
-    import torch
-
-    from openmix.lightning import MixupClassifier
-    from openmix.lightning.logging import EpochLines, EpochMetricsCSV, TrainThroughput, WallTime
-    from openmix.results import read_result, result_exists, result_row, write_atomic, write_result
+    from openmix.run_lock import lock_holder, run_lock
 
     validate(cfg)
     run_dir = run_dir_of(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     check_run_folder(run_dir, config)
+    if not _launching_process():  # a DDP rank that Lightning or SLURM started: rank 0 holds the lock
+        return _skip_or_fit(cfg, run_dir, config, callbacks)
+    with run_lock(run_dir) as held:  # one trainer per run, when one sweep runs in several processes
+        if not held:
+            holder = lock_holder(run_dir) or {}
+            print(f"[openmix] {run_dir}: another process (pid {holder.get('pid', '?')} on "
+                  f"{holder.get('host', '?')}) is training it, skipped")
+            return {}
+        return _skip_or_fit(cfg, run_dir, config, callbacks)
+
+
+def _skip_or_fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], callbacks: Sequence[Any]) -> dict[str, Any]:
+    from openmix.results import read_result, result_exists
+
     if cfg.skip_done and result_exists(run_dir):
         print(f"[openmix] {run_dir}: result.json exists, skipped (skip_done=true)")
         return read_result(run_dir)
+    return _fit(cfg, run_dir, config, callbacks)
+
+
+def _launching_process() -> bool:
+    """Whether this process started the run, rather than being a distributed rank started for it."""
+    ranks = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], callbacks: Sequence[Any]) -> dict[str, Any]:
+    """Train the run in ``run_dir`` (resuming its last checkpoint if allowed) and write its results."""
+    import lightning as L
+    import torch
+
+    from openmix.lightning import MixupClassifier
+    from openmix.lightning.logging import EpochLines, EpochMetricsCSV, TrainThroughput, WallTime
+    from openmix.results import result_row, write_atomic, write_result
+
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     resume_from = checkpoint if cfg.resume and checkpoint.exists() else None
     if resume_from is not None:
@@ -182,7 +210,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = _datamodule(cfg)
     if not cfg.data.get("download", False):
-        datamodule.setup("fit")  # a missing dataset fails here, before the run folder is touched
+        datamodule.setup("fit")  # a missing dataset fails here, before anything is written in the run folder
     mixer_cfg = OmegaConf.to_container(cfg.mixer, resolve=True)  # the data's settings reach it in MixupClassifier.setup
     if datamodule.collate_mixer is not None:  # mix_in_workers: the module trains on the DataLoader's mixed batches
         mixer_cfg = None
