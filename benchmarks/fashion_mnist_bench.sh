@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The real-data benchmark (experiment=fashion_mnist_bench): every registered mixer that trains a CNN, and vanilla,
 # 3 seeds, on real Fashion-MNIST. Finished runs are skipped and an interrupted one resumes, so run
-# it again until it is done (about 6 hours on 2 cores in all); a mixer registered later joins by
-# running this again (only its runs execute). Run folders, with their result rows, per-epoch
-# metrics, final weights (model.pt) and evaluation (eval.json), land in
-# benchmarks/results/fashion_mnist/ (committed as they land); then the evaluation of any run that
-# lacks one, and the tables and plots in that folder.
+# it again until it is done; a mixer registered later joins by running this again (only its runs
+# execute). It trains one single-threaded run per CPU core at once (JOBS=N to change that; Hydra's
+# joblib launcher, pip install "openmix-torch[parallel]"): on 2 cores, 63 runs take about 7 hours.
+# Run folders, with their result rows, per-epoch metrics, final weights (model.pt) and evaluation
+# (eval.json), land in benchmarks/results/fashion_mnist/ (committed as they land); then the
+# evaluation of any run that lacks one, and the tables and plots in that folder. A run another
+# process is training (a sweep started twice, a worker of a killed sweep) is skipped, never shared.
 #
 #   bash benchmarks/fashion_mnist_bench.sh                  # the sweep, then the report
-#   OMP_NUM_THREADS=1 nohup bash benchmarks/fashion_mnist_bench.sh > /tmp/bench.log 2>&1 &
+#   nohup bash benchmarks/fashion_mnist_bench.sh > /tmp/bench.log 2>&1 &
 #   bash benchmarks/fashion_mnist_bench.sh --report-only    # tables and plots of the runs so far
 set -euo pipefail
 
@@ -26,7 +28,17 @@ cnn = lambda: create_model("small_convnet", num_classes=10, in_chans=1)
 print(",".join(["vanilla", *(n for n in openmix.available() if trains_with(openmix.build(n, num_classes=10), cnn()))]))
 PY
 )
-  openmix-train -m experiment=fashion_mnist_bench "seed=0,1,2" "mixer=${mixers}" "out_dir=${out}" "$@"
+  jobs="${JOBS:-$(nproc)}"
+  if [ "${jobs}" -gt 1 ] && ! python -c "import hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
+    echo "fashion_mnist_bench: one run at a time (pip install 'openmix-torch[parallel]' for ${jobs} at once)" >&2
+    jobs=1
+  fi
+  launcher=()
+  if [ "${jobs}" -gt 1 ]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # one thread per run: the runs share the cores
+    launcher=(hydra/launcher=parallel "hydra.launcher.n_jobs=${jobs}")
+  fi
+  openmix-train -m "${launcher[@]}" experiment=fashion_mnist_bench "seed=0,1,2" "mixer=${mixers}" "out_dir=${out}" "$@"
 fi
 openmix-eval "${runs}" || true   # runs trained before eval.json existed (a failure is printed, the rest goes on)
 metrics=top1_final,top1_median10,ece,nll,corruption_top1,mce,fgsm_top1,pgd_top1,occlusion_top1,time_ratio
