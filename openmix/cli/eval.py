@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eps", type=float, default=DEFAULT.eps, help="FGSM/PGD L-inf radius in pixels (8/255)")
     parser.add_argument("--pgd-steps", type=int, default=DEFAULT.pgd_steps)
     parser.add_argument("--corruptions", help="comma-separated corruptions (default: all)")
+    parser.add_argument("--ood", help="out-of-distribution images for ood_auroc: 'digits' (scikit-learn's) or a folder")
     for part in ("calibration", "corruption", "adversarial", "occlusion"):
         parser.add_argument(f"--no-{part}", action="store_true", help=f"skip the {part} metrics")
     parser.add_argument("--device", help="where to evaluate (default: cuda when present, else cpu)")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration=not args.no_calibration, corruption=not args.no_corruption,
             adversarial=not args.no_adversarial, occlusion=not args.no_occlusion, subset=args.subset,
             seed=args.seed, eps=args.eps, pgd_steps=args.pgd_steps,
-            corruptions=None if not args.corruptions else tuple(args.corruptions.split(",")))
+            corruptions=None if not args.corruptions else tuple(args.corruptions.split(",")), ood=args.ood)
     except (TypeError, ValueError) as err:
         print(f"openmix-eval: {err}", file=sys.stderr)
         return 2
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         parts = [f"{key} {metrics[key]:.2f}" for key in ("top1", "ece", "corruption_top1", "fgsm_top1", "pgd_top1",
-                                                          "occlusion_top1") if metrics.get(key) is not None]
+                                                          "occlusion_top1", "ood_auroc") if metrics.get(key) is not None]
         print(f"[openmix-eval] {folder}: {'  '.join(parts)}" + ("" if fresh else " (done before, skipped)"))
     return 2 if failed else 0
 

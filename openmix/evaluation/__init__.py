@@ -1,10 +1,11 @@
-"""Evaluation beyond top-1: calibration, corruption, adversarial and occlusion robustness.
+"""Evaluation beyond top-1: calibration, corruption, adversarial and occlusion robustness, and
+out-of-distribution detection.
 
 * :func:`evaluate`: every metric for a model on its datamodule's validation split
   (:class:`EvalSettings` says which, on how many images, with which seed);
 * :func:`evaluate_run` / ``openmix-eval RUNS...``: the same for the trained model of a run folder,
   written to ``eval.json`` beside its result row (``openmix-train`` does it at the end of a run);
-* the parts: :mod:`.calibration`, :mod:`.corruptions`, :mod:`.adversarial`, :mod:`.occlusion`.
+* the parts: :mod:`.calibration`, :mod:`.corruptions`, :mod:`.adversarial`, :mod:`.occlusion`, :mod:`.ood`.
 """
 
 from openmix.evaluation.evaluate import EVAL_SCHEMA, EvalSettings, evaluate, robustness

@@ -9,7 +9,10 @@
   each drawn from a generator seeded by ``(seed, corruption, severity)``), **adversarial**
   accuracy under FGSM and PGD (L-inf, radius ``eps`` in pixels, :mod:`openmix.evaluation.adversarial`)
   and **occlusion** accuracy as a growing random patch is hidden
-  (:mod:`openmix.evaluation.occlusion`).
+  (:mod:`openmix.evaluation.occlusion`);
+* when ``ood`` names a second set of images, **out-of-distribution detection**: the AUROC (%) of
+  the maximum softmax probability, the whole split against every image of that set
+  (:mod:`openmix.evaluation.ood`).
 
 Corruptions, attacks and patches work in pixels: the inputs are de-normalised with the data's
 ``mean``/``std`` first and normalised again for the model. Accuracies are in percent. The model
@@ -65,6 +68,8 @@ class EvalSettings:
         occlusion_fractions: the hidden area fractions.
         corruptions: the corruptions to run (``None``: all of them).
         batch_size: images per forward pass.
+        ood: out-of-distribution images for ``ood_auroc``: ``"digits"`` (scikit-learn's handwritten
+            digits) or a folder of images; ``None``: not measured.
     """
 
     calibration: bool = True
@@ -79,6 +84,7 @@ class EvalSettings:
     occlusion_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     corruptions: tuple[str, ...] | None = None
     batch_size: int = 500
+    ood: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("calibration", "corruption", "adversarial", "occlusion"):
@@ -94,6 +100,8 @@ class EvalSettings:
             unknown = [name for name in self.corruptions if name not in CORRUPTIONS]
             if unknown or not self.corruptions:
                 raise ValueError(f"unknown corruptions {unknown}; known: {', '.join(CORRUPTIONS)}")
+        if self.ood is not None:
+            _check_ood(self.ood)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> "EvalSettings | None":
@@ -130,7 +138,8 @@ def evaluate(model: nn.Module, datamodule: Any, settings: EvalSettings = EvalSet
         A JSON-ready dict: ``schema``, ``settings``, ``num_test``, ``num_subset``, ``top1``, the
         calibration metrics and ``reliability``, ``subset_top1``, ``corruption_top1`` and
         ``corruption`` (per corruption: family and top-1 per severity), ``fgsm_top1``, ``pgd_top1``,
-        ``occlusion_top1`` (mean over the fractions) and ``occlusion`` (top-1 per fraction).
+        ``occlusion_top1`` (mean over the fractions) and ``occlusion`` (top-1 per fraction),
+        ``ood_auroc`` and ``ood`` (its source and image count).
     """
     from openmix.evaluation.calibration import calibration_metrics, reliability_bins
 
@@ -156,6 +165,8 @@ def evaluate(model: nn.Module, datamodule: Any, settings: EvalSettings = EvalSet
         if settings.corruption or settings.adversarial or settings.occlusion:
             x, y = _gather(datamodule.evaluation_dataloader(device), count, chosen, device)
             metrics.update(robustness(model, x, y, mean=datamodule.mean, std=datamodule.std, settings=settings))
+        if settings.ood is not None:
+            metrics.update(_ood_detection(model, logits, datamodule, settings, device))
     finally:
         model.train(was_training)
     return metrics
@@ -198,6 +209,32 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, *, mean: Sequence[float] 
         out["occlusion"] = {f"{fraction:g}": top1 for fraction, top1 in curve.items()}
         out["occlusion_top1"] = sum(curve.values()) / len(curve)
     return out
+
+
+def _check_ood(source: Any) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"ood must be 'digits' or a folder of images, got {source!r}")
+    if source == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise ValueError("ood='digits' reads the handwritten digits scikit-learn ships: pip install scikit-learn")
+    if source != "digits" and not Path(source).is_dir():
+        raise ValueError(f"ood must be 'digits' or a folder of images; {source!r} is neither")
+
+
+def _ood_detection(model: nn.Module, logits: Tensor, datamodule: Any, settings: EvalSettings,
+                   device: torch.device) -> dict[str, Any]:
+    """The max-softmax AUROC of the split's ``logits`` against the images of ``settings.ood``."""
+    from openmix.evaluation.ood import auroc, max_softmax, ood_images
+
+    first, _ = next(iter(datamodule.evaluation_dataloader(device)))
+    pixels = ood_images(settings.ood, size=tuple(first.shape[-2:]), in_chans=first.shape[1])
+    inputs = normalize(pixels.to(device), datamodule.mean, datamodule.std)
+    with torch.no_grad():
+        outside = torch.cat([model(chunk).float().cpu() for chunk in inputs.split(settings.batch_size)])
+    return {"ood_auroc": auroc(max_softmax(logits), max_softmax(outside)),
+            "ood": {"source": settings.ood, "num_images": int(pixels.shape[0])}}
 
 
 # ------------------------------------------------------------------ helpers

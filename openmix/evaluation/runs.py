@@ -67,11 +67,13 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), *
                  force: bool = False, **data_changes: Any) -> tuple[dict[str, Any], bool]:
     """Evaluate a run folder's model and write ``eval.json``; ``(metrics, evaluated now)``.
 
-    A folder whose ``eval.json`` was made with the same settings is left as it is (``force`` redoes it).
+    A folder whose ``eval.json`` was made with the same settings is left as it is (``force`` redoes it);
+    a setting added to :class:`EvalSettings` after the file was written counts as its default there.
     """
     done = read_eval(run_dir)
-    if done is not None and done.get("settings") == settings.to_dict() and not force:
-        return done, False
+    if done is not None and not force and isinstance(done.get("settings"), dict):
+        if {**EvalSettings().to_dict(), **done["settings"]} == settings.to_dict():
+            return done, False
     model, datamodule, _ = load_run(run_dir, **data_changes)
     target = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(model.to(target), datamodule, settings, device=target)

@@ -27,7 +27,8 @@ from openmix.results import read_eval
 __all__ = ["EVAL_METRICS", "DERIVED_METRICS", "with_evaluation", "MetricTable", "metric_tables",
            "format_metric_markdown", "format_metric_csv", "LOWER_IS_BETTER"]
 
-EVAL_METRICS = ("ece", "adaptive_ece", "nll", "brier", "corruption_top1", "fgsm_top1", "pgd_top1", "occlusion_top1")
+EVAL_METRICS = ("ece", "adaptive_ece", "nll", "brier", "corruption_top1", "fgsm_top1", "pgd_top1", "occlusion_top1",
+                "ood_auroc")
 DERIVED_METRICS = ("mce", "time_ratio")
 LOWER_IS_BETTER = frozenset({"ece", "adaptive_ece", "nll", "brier", "mce", "time_ratio", "wall_time_s"})
 _GROUP = ("experiment", "data", "model", "epochs")
