@@ -40,8 +40,8 @@ PY
   fi
   openmix-train -m "${launcher[@]}" experiment=fashion_mnist_bench "seed=0,1,2" "mixer=${mixers}" "out_dir=${out}" "$@"
 fi
-openmix-eval "${runs}" || true   # runs trained before eval.json existed (a failure is printed, the rest goes on)
-metrics=top1_final,top1_median10,ece,nll,corruption_top1,mce,fgsm_top1,pgd_top1,occlusion_top1,time_ratio
+openmix-eval "${runs}" --ood digits || true   # runs trained before eval.json existed (a failure is printed, the rest goes on)
+metrics=top1_final,top1_median10,ece,nll,corruption_top1,mce,fgsm_top1,pgd_top1,occlusion_top1,ood_auroc,time_ratio
 openmix-report "${runs}" --metrics "${metrics}" --markdown "${out}/table.md" --csv "${out}/table.csv" \
   --plot "${out}/curves.png" --severity "${out}/severity.png" --reliability "${out}/reliability.png"
 python - "${runs}" <<'PY'

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 import openmix
 from openmix.cli.train import CONFIG_DIR
 from openmix.data import build_datamodule
+from openmix.evaluation import EvalSettings
 from openmix.model_mixer import trains_with
 from openmix.models import create_model
 from openmix.reporting import available_papers, load_published
@@ -400,3 +401,14 @@ def test_fashion_mnist_bench_recipe(composed):
         assert {k: cfg["optim"]["optimizer"].get(k) for k in BENCH["optimizer"]} == BENCH["optimizer"]
         assert {k: cfg["optim"]["scheduler"].get(k) for k in BENCH["scheduler"]} == BENCH["scheduler"]
         assert cfg["published_alpha"] == {}  # every mixer at its own default alpha
+
+
+def test_fashion_mnist_bench_evaluates_once_with_the_settings_its_runs_train_with(composed):
+    # openmix-eval in the script must ask for what training already measured, or it evaluates every run again
+    (line,) = commands(sections()["fashion_mnist_bench"], "openmix-train")
+    fixed, swept = sweep(line)
+    evaluation = EvalSettings.from_config(composed([*fixed, *covering(swept)[0]])["eval"])
+    (eval_line,) = [line for line in BENCH_SCRIPT.read_text(encoding="utf-8").splitlines()
+                    if line.strip().startswith("openmix-eval")]
+    options = shlex.split(eval_line.split("||")[0])[2:]
+    assert options == ["--ood", evaluation.ood] and evaluation == EvalSettings(ood="digits")
