@@ -328,6 +328,7 @@ class SweepTable(HydraCallback):
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    quiet_lightning()  # again here: a parallel launcher runs this in worker processes that main() never ran in
     try:
         row = train(cfg)
     except (ConfigError, FileNotFoundError) as error:
