@@ -157,7 +157,9 @@ def check_run_folder(run_dir: Path, config: Mapping[str, Any]) -> None:
 
 
 def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train one run described by ``cfg`` and return its result row (also written to ``result.json``).
+    """Train one run described by ``cfg`` and return its result row (also written to ``result.json``):
+    the stored row when the run is done (``skip_done``), ``{}`` when another process is training it
+    (it holds the folder's lock, :mod:`openmix.run_lock`).
 
     ``callbacks``: more Lightning callbacks for the Trainer.
     """
