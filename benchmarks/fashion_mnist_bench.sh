@@ -2,8 +2,9 @@
 # The real-data benchmark (experiment=fashion_mnist_bench): every registered mixer that trains a CNN, and vanilla,
 # 3 seeds, on real Fashion-MNIST. Finished runs are skipped and an interrupted one resumes, so run
 # it again until it is done; a mixer registered later joins by running this again (only its runs
-# execute). It trains one single-threaded run per CPU core at once (JOBS=N to change that; Hydra's
-# joblib launcher, pip install "openmix-torch[parallel]"): on 2 cores, 63 runs take about 7 hours.
+# execute). Needs pip install "openmix-torch[parallel,eval]" (Hydra's joblib launcher; scikit-learn,
+# whose digits are the out-of-distribution set). It trains one single-threaded run per CPU core at
+# once, up to 8 (JOBS=N to change that): on 2 cores, the 63 runs take about 7 hours.
 # Run folders, with their result rows, per-epoch metrics, final weights (model.pt) and evaluation
 # (eval.json), land in benchmarks/results/fashion_mnist/ (committed as they land); then the
 # evaluation of any run that lacks one, and the tables and plots in that folder. A run another
@@ -28,7 +29,8 @@ cnn = lambda: create_model("small_convnet", num_classes=10, in_chans=1)
 print(",".join(["vanilla", *(n for n in openmix.available() if trains_with(openmix.build(n, num_classes=10), cnn()))]))
 PY
 )
-  jobs="${JOBS:-$(nproc)}"
+  cores=$(nproc)
+  jobs="${JOBS:-$(( cores < 8 ? cores : 8 ))}"   # each run holds about 1.2 GB: at most 8 unless JOBS says
   if [ "${jobs}" -gt 1 ] && ! python -c "import hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
     echo "fashion_mnist_bench: one run at a time (pip install 'openmix-torch[parallel]' for ${jobs} at once)" >&2
     jobs=1
