@@ -4,6 +4,7 @@ training, openmix-eval on run folders, and the report's evaluation metrics, tabl
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,23 @@ def test_openmix_eval_evaluates_a_run_from_its_checkpoint_and_then_skips_it(tmp_
     assert openmix_eval(args) == 0 and "skipped" in capsys.readouterr().out
     assert (folder / EVAL_FILE).stat().st_mtime_ns == stamp
     assert openmix_eval([*args, "--subset", "6"]) == 0 and read_eval(folder)["num_subset"] == 6  # new settings
+
+
+def test_a_run_measures_ood_auroc_and_openmix_eval_asks_for_the_same(tmp_path, capsys):
+    from PIL import Image
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20), (80 * i, 40, 200)).save(outside / f"{i}.png")
+    folder = tiny_run(tmp_path / "runs", f"eval.ood={outside}")
+    metrics = read_eval(folder)
+    assert 0.0 <= metrics["ood_auroc"] <= 100.0 and metrics["ood"] == {"source": str(outside), "num_images": 3}
+    args = [str(folder), "--subset", "12", "--corruptions", "gaussian_noise,contrast", "--pgd-steps", "2"]
+    capsys.readouterr()
+    assert openmix_eval([*args, "--ood", str(outside)]) == 0  # what training measured: nothing to do
+    assert re.search(r"ood_auroc [\d.]+ \(done before, skipped\)", capsys.readouterr().out)
+    assert openmix_eval(args) == 0 and "ood_auroc" not in read_eval(folder)  # without it: evaluated again
 
 
 def test_openmix_eval_refuses_what_it_cannot_evaluate(tmp_path, capsys):
