@@ -4,8 +4,8 @@ A step is what a training loop pays per batch: ``optimizer.zero_grad()``, ``mix_
 mixer's draws, any extra pass, the mixing, the forward and the loss), ``loss.backward()`` and
 ``optimizer.step()`` (SGD, momentum 0.9, weight decay 5e-4). Methods: vanilla, mixup, every
 model-aware mixer (puzzlemix, alignmix, manifoldmix, attentivemix, guidedmixup, snapmix, comixup,
-transmix, smmix; the learned automix, samix, adautomix and sumix) and tokenmix, with their default
-(official) settings, on ``cifar_resnet18`` with a batch of 100 3x32x32 images in [0, 1] and 100
+transmix, smmix; the learned automix, samix, adautomix and sumix) and tokenmix (any other registered
+mixer when ``--methods`` names it), with their default (official) settings, on ``cifar_resnet18`` with a batch of 100 3x32x32 images in [0, 1] and 100
 classes by default. A method that cannot train the model (TransMix and SMMix on a CNN) is left
 out with a note; ``--model vit_tiny_patch16_224 --model-kwargs '{"img_size": 32, "patch_size": 4}'``
 times them on a ViT (TokenMix then takes the model's patch size). A learned mixer is attached to
@@ -54,6 +54,8 @@ times over their summed step times.
     python benchmarks/step_cost.py --device cuda --markdown step_cost.md
     python benchmarks/step_cost.py --device cpu --batch 32 --repeat 5 --threads 1 --model vit_tiny_patch16_224 \
         --model-kwargs '{"img_size": 32, "patch_size": 4}' --methods vanilla mixup tokenmix transmix smmix
+    python benchmarks/step_cost.py --device cpu --threads 1 --model small_convnet --in-chans 1 --size 28 \
+        --num-classes 10 --batch 128 --channels-last --methods vanilla cutmix fmix ...   # the Fashion-MNIST bench's
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from openmix.training import mix_step
 METHODS = ("vanilla", "mixup", "puzzlemix", "alignmix", "manifoldmix", "automix", "samix", "adautomix",
            "attentivemix", "guidedmixup", "snapmix", "sumix", "comixup", "tokenmix", "transmix", "smmix")
 LEARNED = ("automix", "samix", "adautomix")  # the Mix Block's parts are timed
+CHOICES = (*METHODS, *sorted(set(openmix.available()) - set(METHODS)))  # the input mixers too, when asked for
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Row:
 
 
 def variants(method: str, num_classes: int, image_size: int, seed: int,
-             model: torch.nn.Module | None = None) -> list[tuple[str, Any]]:
+             model: torch.nn.Module | None = None, in_chans: int = 3) -> list[tuple[str, Any]]:
     """``(variant label, mixer)`` for ``method``: one per value of its per-step draw."""
     common = {"num_classes": num_classes, "seed": seed}
     if method == "vanilla":
@@ -122,7 +125,7 @@ def variants(method: str, num_classes: int, image_size: int, seed: int,
     if method == "attentivemix":  # the trained model's cells, or OpenMixup's: a ResNet-18's at 224 px (random weights)
         import timm
 
-        resnet = timm.create_model("resnet18", pretrained=False, num_classes=0)
+        resnet = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=in_chans)
         return [("own model", openmix.build("attentivemix", **common)),
                 ("ResNet-18, 224 px", openmix.build("attentivemix", use_alpha=True, alpha=2.0, attention_model=resnet,
                                                     attention_size=224, **common))]
@@ -132,9 +135,9 @@ def variants(method: str, num_classes: int, image_size: int, seed: int,
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
         return [("", openmix.build("tokenmix", patch_size=tuple(patch) if not isinstance(patch, int) else patch,
                                    **common))]
-    if method in METHODS:
+    if method in CHOICES:
         return [("", openmix.build(method, **common))]
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    raise ValueError(f"unknown method {method!r}; choose from {CHOICES}")
 
 
 def sync(device: torch.device) -> None:
@@ -242,9 +245,12 @@ def peak_memory_mb(step: Step, mixer: Any, device: torch.device) -> float | None
 
 def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=args.num_classes, **args.model_kwargs).to(device).train()
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
+                         **args.model_kwargs).to(device).train()
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)
+    x = torch.rand(args.batch, args.in_chans, args.size, args.size, generator=gen).to(device)
+    if args.channels_last:  # as openmix-train's channels_last=true trains
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
     step = Step(model, x, y)
     methods = [m for m in args.methods
@@ -252,7 +258,8 @@ def run(device: torch.device, args: argparse.Namespace) -> list[Row]:
     for method in sorted(set(args.methods) - set(methods), key=args.methods.index):
         print(f"{method}: left out, it cannot train {args.model} (its check refuses the model)", flush=True)
     rows = [Row(method, variant, mixer) for method in methods
-            for variant, mixer in variants(method, args.num_classes, args.size, seed=0, model=model)]
+            for variant, mixer in variants(method, args.num_classes, args.size, seed=0, model=model,
+                                                  in_chans=args.in_chans)]
     for i, row in enumerate(rows):
         row.order = i
         if isinstance(row.mixer, LearnedMixer):
@@ -345,12 +352,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
     parser.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
+    parser.add_argument("--in-chans", type=int, default=3, help="image channels (default 3)")
+    parser.add_argument("--channels-last", action="store_true", help="model and batch in channels-last")
     parser.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, and cuda when present)")
     parser.add_argument("--repeat", type=int, default=20, help="timed rounds, one step per row each (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default 2)")
     parser.add_argument("--parts", type=int, default=3,
                         help="instrumented steps per PuzzleMix/AlignMix/Co-Mixup/learned variant for the time shares (default 3; 0: none)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default: all)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=CHOICES,
+                        help="methods (default: vanilla, mixup and every model-aware mixer; any registered mixer may be named)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a loaded shared machine")
     parser.add_argument("--markdown", metavar="PATH", help="also write the tables to PATH")
@@ -365,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     out, texts = {}, []
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-        title = (f"### {device.type.upper()} ({name}): {args.model}, batch {args.batch}x3x{args.size}x{args.size}, "
+        title = (f"### {device.type.upper()} ({name}): {args.model}, batch {args.batch}x{args.in_chans}x{args.size}x{args.size}, "
                  f"{args.num_classes} classes, fp32, median of {args.repeat} rounds, torch {torch.__version__}")
         print(title, flush=True)
         rows = run(device, args)

@@ -106,6 +106,16 @@ def test_step_cost_times_the_vit_mixers_on_a_vit(capsys):
     assert rows["sumix"].state_mb > rows["vanilla"].state_mb  # its uncertainty head is held too
 
 
+def test_step_cost_times_input_mixers_on_the_fashion_mnist_bench_model(capsys):
+    with script("step_cost") as module:
+        out = module.main(["--device", "cpu", "--batch", "4", "--size", "28", "--in-chans", "1", "--num-classes", "10",
+                           "--repeat", "1", "--warmup", "1", "--parts", "0", "--model", "small_convnet",
+                           "--channels-last", "--methods", "vanilla", "cutmix", "gridmix"])
+    rows = {r.method: r for r in out["cpu"]}
+    assert set(rows) == {"vanilla", "cutmix", "gridmix"} and type(rows["cutmix"].mixer).__name__ == "CutMix"
+    assert "batch 4x1x28x28" in capsys.readouterr().out
+
+
 def test_step_memory_runs_each_method_in_its_own_process(capsys):
     with script("step_memory") as module:
         rows = module.main(["--batch", "2", "--methods", "vanilla", "automix"])
