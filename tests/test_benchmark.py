@@ -122,3 +122,14 @@ def test_step_memory_runs_each_method_in_its_own_process(capsys):
     assert [r["method"] for r in rows] == ["vanilla", "automix"]
     assert all(r["step_mb"] >= 0 for r in rows)
     assert "| automix |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_sumix_scale_shows_the_official_scale_moving_the_shares_on_a_committed_bench_model(capsys):
+    run = next((BENCHMARKS / "results" / "fashion_mnist" / "fashion_mnist_bench" / "vanilla").glob("e10_s0_*"))
+    with script("sumix_scale") as module:
+        rows = module.main(["--runs", str(run), "--scales", "100", "1"])
+    official, small = rows
+    assert official["lam_shift"] > 0.3 > 0.05 > small["lam_shift"]  # measured: 0.63 and 0.03
+    assert "| vanilla seed 0 | 100 |" in capsys.readouterr().out

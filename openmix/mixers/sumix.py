@@ -149,6 +149,9 @@ class SUMix(LearnedMixer):
             ``same_on_all_ranks`` from SUMix (a config may not set them).
         gamma: weight of the uncertainty regulariser (official configs: 0.5; Tiny-ImageNet 1.0).
         semantic_scale: the scale ``s`` of the semantic distance; ``None``: the batch size (official).
+            The official value was set at 100 classes: with 10 (Fashion-MNIST) the default 100 moves
+            each label share by about 0.5-0.6 on average and the regulariser's logits underflow to 0
+            (``benchmarks/sumix_scale.py`` measures it on the bench's models).
         total_steps, lr, min_lr: see :class:`~openmix.model_mixer.LearnedMixer` (``lr`` ``None``: the
             head trains with the model's lr, as the official head does).
         **kwargs: the common :class:`~openmix.mixer.Mixer` arguments (modes ``batch``, ``elem``, ``pair``
