@@ -4,11 +4,12 @@ Usage::
 
     openmix-eval RUNS... [--subset 1000] [--seed 0] [--eps 0.0314] [--pgd-steps 10]
                  [--corruptions NAME,...] [--no-calibration] [--no-corruption] [--no-adversarial]
-                 [--no-occlusion] [--device cuda] [--data-root DIR] [--force]
+                 [--no-occlusion] [--ood digits|DIR] [--device cuda] [--data-root DIR] [--force]
 
 RUNS are run or sweep folders (searched for ``result.json``). A run already evaluated with the same
-settings is skipped (``--force`` redoes it). ``openmix-report RUNS --metric ece`` (or
-``corruption_top1``, ``fgsm_top1``, ...) then tabulates the metrics.
+settings is skipped (``--force`` redoes it). ``--ood`` adds ``ood_auroc``, the max-softmax AUROC
+against scikit-learn's handwritten digits or a folder of images. ``openmix-report RUNS --metric ece``
+(or ``corruption_top1``, ``fgsm_top1``, ``ood_auroc``, ...) then tabulates the metrics.
 """
 
 from __future__ import annotations
