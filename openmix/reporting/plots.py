@@ -15,7 +15,7 @@ from openmix.reporting.published import Published
 from openmix.reporting.tables import MethodKey, as_alpha, match_published, method_order
 from openmix.results import ResultWarning, read_metrics, write_atomic
 
-__all__ = ["plot_curves", "plot_severity", "plot_reliability_by_method"]
+__all__ = ["plot_curves", "plot_severity", "plot_reliability_by_method", "method_colors"]
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Published | None = None) -> None:
@@ -28,7 +28,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Publish
     Raises:
         ValueError: none of the runs has a ``metrics.csv`` with ``epoch`` and ``val_top1``.
     """
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -53,8 +52,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Publish
     fig = Figure(figsize=(7.0 * ncols, 4.6 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     methods = sorted({key for panel in curves.values() for key in panel}, key=method_order)
-    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    color = {key: cmap(i % cmap.N) for i, key in enumerate(methods)}
+    color = method_colors(methods)
     styles = ["-", "--", ":", "-."]
     about = [paper is not None and paper.applies_to({"data": d, "model": m}) for d, m in panels]
     for i, panel in enumerate(panels):
@@ -119,11 +117,11 @@ def plot_severity(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     for i, group in enumerate(sorted(panels)):
         ax = fig.add_subplot(math.ceil(len(panels) / ncols), ncols, i + 1)
         methods = sorted(panels[group], key=method_order)
-        cmap = _colormap(len(methods))
-        for j, (mixer, alpha) in enumerate(methods):
+        color = method_colors(methods)
+        for mixer, alpha in methods:
             curves = panels[group][(mixer, alpha)]
             mean = [statistics.fmean(values) for values in zip(*curves)]
-            ax.plot(range(6), mean, "-o", ms=3, lw=1.4, color=cmap(j % cmap.N), label=mixer)
+            ax.plot(range(6), mean, "-o", ms=3, lw=1.4, color=color[(mixer, alpha)], label=mixer)
         ax.set(title=" · ".join(group), xlabel="corruption severity (0: clean)", ylabel="top-1 (%)",
                xticks=range(6))
         ax.legend(fontsize="small", ncols=2)
@@ -174,7 +172,20 @@ def _pool(curves: list[Any]) -> Any:
     return ReliabilityBins(curves[0].edges, weighted("confidence"), weighted("accuracy"), tuple(count))
 
 
-def _colormap(count: int) -> Any:
+def method_colors(methods: Sequence[MethodKey]) -> dict[MethodKey, Any]:
+    """A colour per ``(mixer, alpha)``: vanilla black, the others distinct (tab10 up to 10 of them,
+    else tab20 then tab20b: 40 before any repeats).
+
+    Example:
+        >>> colors = method_colors([("vanilla", None), *((f"m{i}", 1.0) for i in range(21))])
+        >>> colors[("vanilla", None)], len({colors[(f"m{i}", 1.0)] for i in range(21)})
+        ('black', 21)
+    """
     from matplotlib import colormaps
 
-    return colormaps["tab10" if count <= 10 else "tab20"]
+    others = [key for key in methods if key[0] != "vanilla"]
+    palette = (list(colormaps["tab10"].colors) if len(others) <= 10
+               else [*colormaps["tab20"].colors, *colormaps["tab20b"].colors])
+    colors: dict[MethodKey, Any] = {key: palette[i % len(palette)] for i, key in enumerate(others)}
+    colors.update({key: "black" for key in methods if key[0] == "vanilla"})
+    return colors
