@@ -49,10 +49,11 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Publish
     panels = sorted(curves)
     ncols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(7.0 * ncols, 4.6 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
     methods = sorted({key for panel in curves.values() for key in panel}, key=method_order)
     color = method_colors(methods)
+    beside = max(len(panel) for panel in curves.values()) > 8  # legends beside the panels, which widens them
+    fig = Figure(figsize=((9.5 if beside else 7.0) * ncols, 4.6 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
     styles = ["-", "--", ":", "-."]
     about = [paper is not None and paper.applies_to({"data": d, "model": m}) for d, m in panels]
     for i, panel in enumerate(panels):
@@ -79,7 +80,11 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, paper: Publish
         if starred:
             handles.append(Line2D([], [], ls="none", marker="*", color="grey", mec="black", ms=11,
                                   label=f"published ({paper.name})"))
-        ax.legend(handles=handles, fontsize="small")
+        if beside:  # many curves: the legend beside the panel, not over the final epochs
+            ax.legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5),
+                      ncols=1 if len(handles) <= 16 else 2)
+        else:
+            ax.legend(handles=handles, fontsize="small")
         ax.set(title=" · ".join(map(str, panel)), xlabel="epoch", ylabel="validation top-1 (%)")
         ax.grid(alpha=0.3)
     png = io.BytesIO()
