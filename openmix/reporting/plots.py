@@ -138,7 +138,8 @@ def plot_severity(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 def plot_reliability_by_method(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Reliability diagrams, one panel per (data, model, epochs, method): the bins of each run's
-    ``eval.json`` pooled over seeds (counts added, confidence and accuracy weighted by them); PNG.
+    ``eval.json`` pooled over seeds (counts added, confidence and accuracy weighted by them; the
+    panel's ECE is then the pooled bins', which the title says, not the mean of the seeds'); PNG.
 
     Raises:
         ValueError: no run has reliability bins.
@@ -158,7 +159,8 @@ def plot_reliability_by_method(rows: Sequence[dict[str, Any]], path: str | Path)
     curves = {}
     for key in sorted(pooled, key=lambda k: (str(k[:3]), method_order(k[3:]))):
         data, model, epochs, mixer, alpha = key
-        name = mixer + ("" if alpha is None else f" α={alpha:g}")
+        seeds = len(pooled[key])
+        name = mixer + ("" if alpha is None else f" α={alpha:g}") + (f" · {seeds} seeds pooled" if seeds > 1 else "")
         curves[name if len(groups) == 1 else f"{name} · {data} · {model} · {epochs} ep"] = _pool(pooled[key])
     title = " · ".join(map(str, next(iter(groups)))) + " epochs" if len(groups) == 1 else None
     plot_reliability(curves, path, title=title)
