@@ -160,7 +160,7 @@ def plot_reliability_by_method(rows: Sequence[dict[str, Any]], path: str | Path)
     for key in sorted(pooled, key=lambda k: (str(k[:3]), method_order(k[3:]))):
         data, model, epochs, mixer, alpha = key
         seeds = len(pooled[key])
-        name = mixer + ("" if alpha is None else f" α={alpha:g}") + (f" · {seeds} seeds pooled" if seeds > 1 else "")
+        name = mixer + ("" if alpha is None else f" α={alpha:g}") + (f"\n{seeds} seeds pooled" if seeds > 1 else "")
         curves[name if len(groups) == 1 else f"{name} · {data} · {model} · {epochs} ep"] = _pool(pooled[key])
     title = " · ".join(map(str, next(iter(groups)))) + " epochs" if len(groups) == 1 else None
     plot_reliability(curves, path, title=title)
