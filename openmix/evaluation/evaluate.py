@@ -228,8 +228,8 @@ def _ood_detection(model: nn.Module, logits: Tensor, datamodule: Any, settings: 
     """The max-softmax AUROC of the split's ``logits`` against the images of ``settings.ood``."""
     from openmix.evaluation.ood import auroc, max_softmax, ood_images
 
-    first, _ = next(iter(datamodule.evaluation_dataloader(device)))
-    pixels = ood_images(settings.ood, size=tuple(first.shape[-2:]), in_chans=first.shape[1])
+    size = datamodule.image_size  # what the model sees, as the split's batches give it
+    pixels = ood_images(settings.ood, size=(size, size), in_chans=datamodule.in_chans)
     inputs = normalize(pixels.to(device), datamodule.mean, datamodule.std)
     with torch.no_grad():
         outside = torch.cat([model(chunk).float().cpu() for chunk in inputs.split(settings.batch_size)])
