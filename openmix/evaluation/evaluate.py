@@ -101,7 +101,9 @@ class EvalSettings:
             if unknown or not self.corruptions:
                 raise ValueError(f"unknown corruptions {unknown}; known: {', '.join(CORRUPTIONS)}")
         if self.ood is not None:
-            _check_ood(self.ood)
+            from openmix.evaluation.ood import check_source
+
+            check_source(self.ood)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> "EvalSettings | None":
@@ -209,18 +211,6 @@ def robustness(model: nn.Module, x: Tensor, y: Tensor, *, mean: Sequence[float] 
         out["occlusion"] = {f"{fraction:g}": top1 for fraction, top1 in curve.items()}
         out["occlusion_top1"] = sum(curve.values()) / len(curve)
     return out
-
-
-def _check_ood(source: Any) -> None:
-    import importlib.util
-    from pathlib import Path
-
-    if not isinstance(source, str) or not source:
-        raise ValueError(f"ood must be 'digits' or a folder of images, got {source!r}")
-    if source == "digits" and importlib.util.find_spec("sklearn") is None:
-        raise ValueError("ood='digits' reads the handwritten digits scikit-learn ships: pip install scikit-learn")
-    if source != "digits" and not Path(source).is_dir():
-        raise ValueError(f"ood must be 'digits' or a folder of images; {source!r} is neither")
 
 
 def _ood_detection(model: nn.Module, logits: Tensor, datamodule: Any, settings: EvalSettings,

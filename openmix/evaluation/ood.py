@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["auroc", "max_softmax", "ood_images", "IMAGE_SUFFIXES"]
+__all__ = ["auroc", "max_softmax", "ood_images", "check_source", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
@@ -52,6 +52,19 @@ def auroc(positive: Tensor, negative: Tensor) -> float:
     ranks = (last_rank - (counts.double() - 1) / 2)[inverse]
     p, n = positive.numel(), negative.numel()
     return float((ranks[:p].sum() - p * (p + 1) / 2) / (p * n) * 100)
+
+
+def check_source(source: object) -> None:
+    """Raise ``ValueError`` unless ``source`` can give images: ``"digits"`` with scikit-learn installed,
+    or an existing folder (checked before any work; :func:`ood_images` checks what it reads too)."""
+    import importlib.util
+
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"ood must be 'digits' or a folder of images, got {source!r}")
+    if source == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise ValueError("ood='digits' reads the handwritten digits scikit-learn ships: pip install scikit-learn")
+    if source != "digits" and not Path(source).is_dir():
+        raise ValueError(f"ood must be 'digits' or a folder of images; {source!r} is neither")
 
 
 def ood_images(source: str, *, size: tuple[int, int], in_chans: int) -> Tensor:
