@@ -275,7 +275,7 @@ def test_every_published_table_has_a_section_and_an_expected_recipe():
 
 
 def test_every_train_command_belongs_to_a_checked_section():
-    checked = {*TABLES, "fashion_mnist_bench"}
+    checked = {*TABLES, "fashion_mnist_bench", "fashion_mnist_budget"}
     everywhere = commands(REPRODUCE.read_text(encoding="utf-8"), "openmix-train")
     in_sections = [line for name in checked for line in commands(sections().get(name, ""), "openmix-train")]
     assert sorted(everywhere) == sorted(in_sections)
@@ -412,3 +412,19 @@ def test_fashion_mnist_bench_evaluates_once_with_the_settings_its_runs_train_wit
                     if line.strip().startswith("openmix-eval")]
     options = shlex.split(eval_line.split("||")[0])[2:]
     assert options == ["--ood", evaluation.ood] and evaluation == EvalSettings(ood="digits")
+
+
+def test_fashion_mnist_budget_is_the_bench_recipe_at_four_times_the_epochs(composed):
+    (line,) = commands(sections()["fashion_mnist_budget"], "openmix-train")
+    fixed, swept = sweep(line)
+    assert "experiment=fashion_mnist_budget" in fixed and f"out_dir={BENCH['out_dir']}" in fixed
+    assert swept["mixer"] == ["vanilla", "mixup", "cutmix"]
+    (script_line,) = [line for line in BENCH_SCRIPT.read_text(encoding="utf-8").splitlines()
+                      if "experiment=fashion_mnist_budget" in line and line.strip().startswith("openmix-train")]
+    assert f"mixer={','.join(swept['mixer'])}" in script_line
+    for mixer in swept["mixer"]:
+        budget = composed([*fixed, f"mixer={mixer}"])
+        bench = composed(["experiment=fashion_mnist_bench", f"mixer={mixer}", f"out_dir={BENCH['out_dir']}"])
+        assert budget["epochs"] == 4 * BENCH["epochs"]
+        assert {k: v for k, v in budget.items() if k not in ("epochs", "name")} == \
+               {k: v for k, v in bench.items() if k not in ("epochs", "name")}
