@@ -122,6 +122,15 @@ def test_a_run_measures_ood_auroc_and_openmix_eval_asks_for_the_same(tmp_path, c
     assert openmix_eval(args) == 0 and "ood_auroc" not in read_eval(folder)  # without it: evaluated again
 
 
+def test_openmix_eval_leaves_a_run_that_a_trainer_holds_to_its_trainer(tmp_path, capsys):
+    from openmix.run_lock import run_lock
+
+    write_result(tmp_path / "training", example_row())  # its trainer still evaluates, or is about to
+    with run_lock(tmp_path / "training") as held:
+        assert held and openmix_eval([str(tmp_path)]) == 0
+    assert "is training it, skipped" in capsys.readouterr().out and read_eval(tmp_path / "training") is None
+
+
 def test_openmix_eval_refuses_what_it_cannot_evaluate(tmp_path, capsys):
     assert openmix_eval([str(tmp_path / "nowhere")]) == 2
     assert openmix_eval([str(tmp_path)]) == 2 and "no runs" in capsys.readouterr().err

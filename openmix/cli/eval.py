@@ -7,7 +7,8 @@ Usage::
                  [--no-occlusion] [--ood digits|DIR] [--device cuda] [--data-root DIR] [--force]
 
 RUNS are run or sweep folders (searched for ``result.json``). A run already evaluated with the same
-settings is skipped (``--force`` redoes it). ``--ood`` adds ``ood_auroc``, the max-softmax AUROC
+settings is skipped (``--force`` redoes it), and so is one that ``openmix-train`` is still training
+(it holds the run's lock, :mod:`openmix.run_lock`; it evaluates the run when training ends). ``--ood`` adds ``ood_auroc``, the max-softmax AUROC
 against scikit-learn's handwritten digits or a folder of images. ``openmix-report RUNS --metric ece``
 (or ``corruption_top1``, ``fgsm_top1``, ``ood_auroc``, ...) then tabulates the metrics.
 """
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``openmix-eval``; 0 when every run was evaluated, 2 on a usage error or a run that could not be."""
     from openmix.evaluation.runs import evaluate_run
     from openmix.results import RESULT_FILE
+    from openmix.run_lock import lock_holder
 
     try:
         args = _parser().parse_args(argv)
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     data = {"root": args.data_root} if args.data_root else {}
     failed = 0
     for folder in folders:
+        holder = lock_holder(folder)
+        if holder is not None:  # its trainer evaluates it when training ends; two writers would race
+            print(f"[openmix-eval] {folder}: pid {holder.get('pid', '?')} on {holder.get('host', '?')} is training it, "
+                  "skipped (it is evaluated when its training ends)")
+            continue
         try:
             metrics, fresh = evaluate_run(folder, settings, device=args.device, force=args.force, **data)
         except (FileNotFoundError, ValueError, KeyError) as err:
