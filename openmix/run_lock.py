@@ -92,3 +92,15 @@ def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None  # a leftover file nobody holds
     finally:
         os.close(fd)
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    """``lock_holder``'s answer for a message: ``"pid 123 on node7"`` (``?`` for what it does not say).
+
+    Example:
+        >>> describe_holder({"host": "node7", "pid": 123}), describe_holder({"host": "?", "pid": None})
+        ('pid 123 on node7', 'pid ? on ?')
+    """
+    holder = holder or {}
+    pid, host = holder.get("pid"), holder.get("host")
+    return f"pid {'?' if pid is None else pid} on {host or '?'}"

@@ -8,8 +8,9 @@ Usage::
 
 RUNS are run or sweep folders (searched for ``result.json``). A run already evaluated with the same
 settings is skipped (``--force`` redoes it), and so is one that ``openmix-train`` is still training
-(it holds the run's lock, :mod:`openmix.run_lock`; it evaluates the run when training ends). ``--ood`` adds ``ood_auroc``, the max-softmax AUROC
-against scikit-learn's handwritten digits or a folder of images. ``openmix-report RUNS --metric ece``
+(it holds the run's lock, :mod:`openmix.run_lock`; it evaluates the run when training ends).
+``--ood`` adds ``ood_auroc``, the max-softmax AUROC against scikit-learn's handwritten digits or a
+folder of images. ``openmix-report RUNS --metric ece``
 (or ``corruption_top1``, ``fgsm_top1``, ``ood_auroc``, ...) then tabulates the metrics.
 """
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``openmix-eval``; 0 when every run was evaluated, 2 on a usage error or a run that could not be."""
     from openmix.evaluation.runs import evaluate_run
     from openmix.results import RESULT_FILE
-    from openmix.run_lock import lock_holder
+    from openmix.run_lock import describe_holder, lock_holder
 
     try:
         args = _parser().parse_args(argv)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in folders:
         holder = lock_holder(folder)
         if holder is not None:  # its trainer evaluates it when training ends; two writers would race
-            print(f"[openmix-eval] {folder}: pid {holder.get('pid', '?')} on {holder.get('host', '?')} is training it, "
+            print(f"[openmix-eval] {folder}: {describe_holder(holder)} is training it, "
                   "skipped (it is evaluated when its training ends)")
             continue
         try:

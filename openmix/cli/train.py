@@ -163,7 +163,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     ``callbacks``: more Lightning callbacks for the Trainer.
     """
-    from openmix.run_lock import lock_holder, run_lock
+    from openmix.run_lock import describe_holder, lock_holder, run_lock
 
     validate(cfg)
     run_dir = run_dir_of(cfg)
@@ -173,9 +173,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         return _skip_or_fit(cfg, run_dir, config, callbacks)
     with run_lock(run_dir) as held:  # one trainer per run, when one sweep runs in several processes
         if not held:
-            holder = lock_holder(run_dir) or {}
-            print(f"[openmix] {run_dir}: another process (pid {holder.get('pid', '?')} on "
-                  f"{holder.get('host', '?')}) is training it, skipped")
+            print(f"[openmix] {run_dir}: another process ({describe_holder(lock_holder(run_dir))}) "
+                  "is training it, skipped")
             return {}
         return _skip_or_fit(cfg, run_dir, config, callbacks)
 
