@@ -16,7 +16,7 @@ from openmix.data import build_datamodule
 from openmix.evaluation import EvalSettings, evaluate, evaluate_run, load_run
 from openmix.models import create_model
 from openmix.reporting.evaluation import format_metric_markdown, metric_tables, with_evaluation
-from openmix.results import EVAL_FILE, WEIGHTS_FILE, example_row, read_eval, write_eval, write_result
+from openmix.results import EVAL_FILE, RESULT_FILE, WEIGHTS_FILE, example_row, read_eval, write_eval, write_result
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = EvalSettings(subset=12, corruptions=("gaussian_noise", "contrast"), pgd_steps=2, batch_size=8)
@@ -92,6 +92,20 @@ def test_a_run_leaves_its_weights_and_its_evaluation(tmp_path):
     model, data, config = load_run(folder)
     assert config["mixer"]["name"] == "mixup" and (folder / WEIGHTS_FILE).is_file()
     assert evaluate(model, data, SMALL)["top1"] == metrics["top1"]  # the same model, evaluated again
+
+
+def test_a_finished_run_stopped_before_its_evaluation_is_evaluated_when_the_sweep_reruns(tmp_path, capsys):
+    from test_cli import run
+
+    folder = tiny_run(tmp_path)
+    metrics, stamps = read_eval(folder), [(folder / name).stat().st_mtime_ns for name in (RESULT_FILE, WEIGHTS_FILE)]
+    (folder / EVAL_FILE).unlink()  # its trainer was killed after the result row and the weights
+    run(tmp_path, "epochs=1", "eval.enabled=true", *SMALL_OVERRIDES)  # skip_done: not trained again
+    assert "no eval.json, evaluating its saved model" in capsys.readouterr().out
+    assert read_eval(folder)["top1"] == metrics["top1"]
+    assert [(folder / name).stat().st_mtime_ns for name in (RESULT_FILE, WEIGHTS_FILE)] == stamps
+    run(tmp_path, "epochs=1", "eval.enabled=true", *SMALL_OVERRIDES)  # evaluated: nothing more to do
+    assert "evaluating" not in capsys.readouterr().out
 
 
 def test_openmix_eval_evaluates_a_run_from_its_checkpoint_and_then_skips_it(tmp_path, capsys):

@@ -184,8 +184,23 @@ def _skip_or_fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], callbac
 
     if cfg.skip_done and result_exists(run_dir):
         print(f"[openmix] {run_dir}: result.json exists, skipped (skip_done=true)")
+        _evaluate_if_missing(run_dir, config)
         return read_result(run_dir)
     return _fit(cfg, run_dir, config, callbacks)
+
+
+def _evaluate_if_missing(run_dir: Path, config: dict[str, Any]) -> None:
+    """Evaluate a finished run's saved model when its ``eval.json`` is missing (its trainer stopped
+    after writing the result row and weights, before the evaluation), reading the data as ``config`` says."""
+    from openmix.evaluation import EvalSettings, evaluate_run
+    from openmix.results import read_eval
+
+    settings = EvalSettings.from_config(config.get("eval"))
+    if settings is None or read_eval(run_dir) is not None:
+        return
+    print(f"[openmix] {run_dir}: no eval.json, evaluating its saved model")
+    data = {key: value for key, value in config["data"].items() if key != "name"}  # root, workers as now
+    evaluate_run(run_dir, settings, **data)
 
 
 def _launching_process() -> bool:
@@ -269,24 +284,31 @@ def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], callbacks: Sequ
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         num_devices=trainer.world_size,
     )
+    _save_weights(module.model, run_dir)  # before the result row, which marks the run done
     write_result(run_dir, row)
-    _save_and_evaluate(module.model, datamodule, run_dir, config.get("eval"))
+    _evaluate(module.model, datamodule, run_dir, config.get("eval"))
     return row
 
 
-def _save_and_evaluate(model: Any, datamodule: Any, run_dir: Path, eval_config: Any) -> None:
-    """Write the trained model's ``state_dict`` (``model.pt``), then, unless ``eval`` is off, its
-    evaluation beyond top-1 (``eval.json``, see :mod:`openmix.evaluation`)."""
+def _save_weights(model: Any, run_dir: Path) -> None:
+    """Write the trained model's ``state_dict`` (``model.pt``)."""
     import io
 
     import torch
 
-    from openmix.evaluation import EvalSettings, evaluate
-    from openmix.results import WEIGHTS_FILE, write_atomic, write_eval
+    from openmix.results import WEIGHTS_FILE, write_atomic
 
     buffer = io.BytesIO()
     torch.save({key: value.detach().cpu() for key, value in model.state_dict().items()}, buffer)
     write_atomic(run_dir / WEIGHTS_FILE, buffer.getvalue())
+
+
+def _evaluate(model: Any, datamodule: Any, run_dir: Path, eval_config: Any) -> None:
+    """Unless ``eval`` is off, the trained model's evaluation beyond top-1 (``eval.json``, see
+    :mod:`openmix.evaluation`)."""
+    from openmix.evaluation import EvalSettings, evaluate
+    from openmix.results import write_eval
+
     settings = EvalSettings.from_config(eval_config)
     if settings is not None:
         device = next(model.parameters()).device
