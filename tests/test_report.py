@@ -89,6 +89,14 @@ def test_seed_counts_shown_when_they_differ_and_std_left_out_for_one_seed(capsys
     assert cells(out, "mixup")[2:] == ["78.00 (n=1)", ""]
 
 
+def test_caption_names_the_seed_count_and_says_one_seed_has_no_std(capsys, sweep, tmp_path):
+    _, out, _ = report(capsys, sweep)
+    assert "mean ± std over 2 seeds" in out
+    write_result(tmp_path / "single" / "run", example_row(mixer="mixup", alpha=1.0, epochs=200, seed=0))
+    _, out, _ = report(capsys, tmp_path / "single")
+    assert "one seed (no std)" in out and "±" not in out
+
+
 def test_paper_columns_hold_published_values_and_differences(capsys, sweep):
     code, out, _ = report(capsys, sweep, "--paper", "cifar100_r18")
     assert code == 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openmix.reporting.tables import seeds_caption
 from openmix.results import read_eval
 
 __all__ = ["EVAL_METRICS", "DERIVED_METRICS", "with_evaluation", "MetricTable", "metric_tables",
@@ -138,7 +139,7 @@ def format_metric_markdown(tables: Sequence[MetricTable]) -> str:
 
         rule = "| " + " | ".join(":" + "-" * (w - 1) if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(width)) + " |"
         title = " · ".join(f"{v} epochs" if k == "epochs" else str(v) for k, v in table.group.items() if v is not None)
-        caption = (f"mean ± std over {seeds} seed{'s' if seeds != 1 else ''}; best of each column in bold "
+        caption = (f"{seeds_caption({seeds})}; best of each column in bold "
                    f"(lowest for {', '.join(m for m in table.metrics if m in LOWER_IS_BETTER) or 'none'}, else highest)")
         out += [f"## {title}", "", caption, "", fmt(header), rule, *map(fmt, body), ""]
     return "\n".join(out).rstrip("\n") + "\n"

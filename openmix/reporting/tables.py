@@ -226,6 +226,19 @@ def _pub_cell(line: Line, column: str) -> str:
     return _num(line.pub(column)) if other is None else f"({other:.2f})"
 
 
+def seeds_caption(counts: set[int]) -> str:
+    """What a table's cells summarise, from the seed counts in its cells.
+
+    Example:
+        >>> seeds_caption({3}), seeds_caption({1}), seeds_caption({2, 3})
+        ('mean ± std over 3 seeds', 'one seed (no std)', 'mean ± std over n seeds')
+    """
+    if len(counts) != 1:
+        return "mean ± std over n seeds"
+    (n,) = counts
+    return "one seed (no std)" if n == 1 else f"mean ± std over {n} seeds"
+
+
 def format_markdown(tables: Sequence[Table]) -> str:
     """The tables as Markdown, each under a heading naming its group.
 
@@ -251,8 +264,7 @@ def format_markdown(tables: Sequence[Table]) -> str:
     for table in tables:
         counts = {line.n(c) for line in table.lines for c in table.columns if line.n(c)}
         unit = " (%)" if table.metric.startswith("top") else ""
-        seeds = "over n seeds" if len(counts) != 1 else "over 1 seed" if 1 in counts else f"over {min(counts)} seeds"
-        caption = f"{table.metric}{unit}, mean ± std {seeds}; columns: {table.column}"
+        caption = f"{table.metric}{unit}, {seeds_caption(counts)}; columns: {table.column}"
         if table.paper:
             caption += f"; published: {table.paper.name}, Δ = ours − published"
             if any(line.pub_other(c) is not None for line in table.lines for c in table.columns):
